@@ -1,0 +1,237 @@
+"""Settings: the environment, then `.env` in the working directory, then defaults.
+
+Loaded once by the edge (CLI or web app) into a `Settings` object that is
+passed down; nothing reads the environment at import time. A malformed value
+is a `ConfigError` naming the setting. Settings needed only by some commands
+(the feed, the From address...) are checked by `Settings.require`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from email.headerregistry import Address
+from email.utils import parseaddr
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from dotenv import dotenv_values
+
+from newsletter.errors import ConfigError
+
+DEFAULT_DATABASE_URL = "sqlite:///subscribers.db"
+DEFAULT_BASE_URL = "http://localhost:8000"
+
+
+class Secret(str):
+    """A string that never shows itself in a repr or a traceback."""
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    """Where and how to reach the SMTP server, parsed from NEWSLETTER_SMTP_URL."""
+
+    host: str
+    port: int
+    security: str  # "none", "starttls" or "tls"
+    username: str | None = None
+    password: Secret | None = field(default=None, repr=False)
+
+    @property
+    def display(self) -> str:
+        scheme = {"none": "smtp", "starttls": "smtp+starttls", "tls": "smtps"}[self.security]
+        user = f"{self.username}@" if self.username else ""
+        return f"{scheme}://{user}{self.host}:{self.port}"
+
+
+_SMTP_SCHEMES = {"smtp": ("none", 25), "smtp+starttls": ("starttls", 587), "smtps": ("tls", 465)}
+
+
+def parse_smtp_url(value: str) -> SmtpConfig:
+    """Parse smtp://user:pass@host:port, smtp+starttls://..., smtps://..."""
+    parts = urlsplit(value)
+    if parts.scheme not in _SMTP_SCHEMES:
+        raise ConfigError(
+            f"NEWSLETTER_SMTP_URL: unknown scheme {parts.scheme!r} "
+            "(use smtp://, smtp+starttls:// or smtps://)"
+        )
+    security, default_port = _SMTP_SCHEMES[parts.scheme]
+    if not parts.hostname:
+        raise ConfigError("NEWSLETTER_SMTP_URL: no host name")
+    try:
+        port = parts.port or default_port
+    except ValueError as exc:
+        raise ConfigError(f"NEWSLETTER_SMTP_URL: bad port ({exc})") from None
+    username = unquote(parts.username) if parts.username else None
+    password = Secret(unquote(parts.password)) if parts.password else None
+    return SmtpConfig(parts.hostname, port, security, username, password)
+
+
+def _parse_from(value: str) -> Address:
+    name, addr = parseaddr(value)
+    if not addr or "@" not in addr or any(c in value for c in "\r\n"):
+        raise ConfigError(
+            f"NEWSLETTER_FROM: {value!r} is not an address like 'AASR <news@example.org>'"
+        )
+    local, _, domain = addr.rpartition("@")
+    if not local or "." not in domain:
+        raise ConfigError(f"NEWSLETTER_FROM: {addr!r} has no valid domain")
+    try:
+        return Address(display_name=name, username=local, domain=domain.lower())
+    except (ValueError, IndexError) as exc:
+        raise ConfigError(f"NEWSLETTER_FROM: {value!r} is not a valid address ({exc})") from None
+
+
+def _positive_int(name: str, value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigError(f"{name}: {value!r} is not a whole number") from None
+    if number < 1:
+        raise ConfigError(f"{name}: must be at least 1, not {number}")
+    return number
+
+
+def _positive_float(name: str, value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{name}: {value!r} is not a number") from None
+    if number <= 0:
+        raise ConfigError(f"{name}: must be above 0, not {number}")
+    return number
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting, already validated. Build with `load_settings`."""
+
+    feed_url: str | None = None
+    database_url: str = DEFAULT_DATABASE_URL
+    smtp: SmtpConfig | None = None
+    outbox: Path = Path("outbox")
+    from_address: Address | None = None
+    base_url: str = DEFAULT_BASE_URL
+    secret_key: Secret | None = field(default=None, repr=False)
+    postal_address: str | None = None
+    templates_dir: Path = Path("templates")
+    smtp_connections: int = 4
+    smtp_timeout: float = 30.0
+    send_rate: float | None = None
+    list_name: str | None = None
+
+    def require(self, *names: str) -> None:
+        """Raise ConfigError for the first of `names` (attribute names) left unset."""
+        for name in names:
+            if getattr(self, name) in (None, ""):
+                raise ConfigError(f"{ENV_NAMES[name]} is not set (needed for this command)")
+
+    @property
+    def from_domain(self) -> str:
+        self.require("from_address")
+        assert self.from_address is not None
+        return self.from_address.domain
+
+    @property
+    def list_title(self) -> str:
+        """Human name of the list: NEWSLETTER_LIST_NAME, else the From display name."""
+        if self.list_name:
+            return self.list_name
+        if self.from_address and self.from_address.display_name:
+            return self.from_address.display_name
+        return "Newsletter"
+
+    @property
+    def list_id(self) -> str:
+        """RFC 2919 List-Id value, derived from the From address."""
+        self.require("from_address")
+        assert self.from_address is not None
+        ident = f"{self.from_address.username}.{self.from_address.domain}".lower()
+        ident = "".join(c if c.isalnum() or c in ".-" else "-" for c in ident)
+        title = "".join(c for c in self.list_title if c.isprintable() and c not in '"\\<>')
+        return f'"{title}" <{ident}>' if title else f"<{ident}>"
+
+    def url(self, path: str) -> str:
+        """An absolute public URL under NEWSLETTER_BASE_URL."""
+        return self.base_url.rstrip("/") + "/" + path.lstrip("/")
+
+
+ENV_NAMES = {
+    "feed_url": "NEWSLETTER_FEED_URL",
+    "database_url": "NEWSLETTER_DATABASE_URL",
+    "smtp": "NEWSLETTER_SMTP_URL",
+    "outbox": "NEWSLETTER_OUTBOX",
+    "from_address": "NEWSLETTER_FROM",
+    "base_url": "NEWSLETTER_BASE_URL",
+    "secret_key": "NEWSLETTER_SECRET_KEY",
+    "postal_address": "NEWSLETTER_POSTAL_ADDRESS",
+    "templates_dir": "NEWSLETTER_TEMPLATES_DIR",
+    "smtp_connections": "NEWSLETTER_SMTP_CONNECTIONS",
+    "smtp_timeout": "NEWSLETTER_SMTP_TIMEOUT",
+    "send_rate": "NEWSLETTER_SEND_RATE",
+    "list_name": "NEWSLETTER_LIST_NAME",
+}
+
+
+def read_environment(
+    environ: Mapping[str, str] | None = None, env_file: Path | None = None
+) -> dict[str, str]:
+    """Merge the environment over the .env file (environment wins)."""
+    environ = os.environ if environ is None else environ
+    env_file = Path(".env") if env_file is None else env_file
+    values: dict[str, str] = {}
+    if env_file.is_file():
+        values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    values.update({k: v for k, v in environ.items() if k.startswith("NEWSLETTER_")})
+    return {k: v.strip() for k, v in values.items() if k.startswith("NEWSLETTER_")}
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, env_file: Path | None = None
+) -> Settings:
+    """Read and validate every setting once."""
+    raw = read_environment(environ, env_file)
+
+    def get(attr: str) -> str | None:
+        value = raw.get(ENV_NAMES[attr])
+        return value if value else None
+
+    kwargs: dict[str, object] = {}
+    if (v := get("feed_url")) is not None:
+        kwargs["feed_url"] = v
+    if (v := get("database_url")) is not None:
+        if "://" not in v:
+            raise ConfigError(f"NEWSLETTER_DATABASE_URL: {v!r} is not a URL like sqlite:///file.db")
+        kwargs["database_url"] = v
+    if (v := get("smtp")) is not None:
+        kwargs["smtp"] = parse_smtp_url(v)
+    if (v := get("outbox")) is not None:
+        kwargs["outbox"] = Path(v)
+    if (v := get("from_address")) is not None:
+        kwargs["from_address"] = _parse_from(v)
+    if (v := get("base_url")) is not None:
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(f"NEWSLETTER_BASE_URL: {v!r} is not an http(s) URL")
+        kwargs["base_url"] = v.rstrip("/")
+    if (v := get("secret_key")) is not None:
+        if len(v) < 16:
+            raise ConfigError("NEWSLETTER_SECRET_KEY: too short (use at least 16 characters)")
+        kwargs["secret_key"] = Secret(v)
+    if (v := get("postal_address")) is not None:
+        kwargs["postal_address"] = v
+    if (v := get("templates_dir")) is not None:
+        kwargs["templates_dir"] = Path(v)
+    if (v := get("smtp_connections")) is not None:
+        kwargs["smtp_connections"] = _positive_int("NEWSLETTER_SMTP_CONNECTIONS", v)
+    if (v := get("smtp_timeout")) is not None:
+        kwargs["smtp_timeout"] = _positive_float("NEWSLETTER_SMTP_TIMEOUT", v)
+    if (v := get("send_rate")) is not None:
+        kwargs["send_rate"] = _positive_float("NEWSLETTER_SEND_RATE", v)
+    if (v := get("list_name")) is not None:
+        kwargs["list_name"] = v
+    return Settings(**kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,120 @@
+"""Engine, migrations and transactions.
+
+SQLite gets WAL, a busy timeout and `BEGIN IMMEDIATE` for transactions that
+read then write (a deferred transaction that upgrades to a writer fails with
+SQLITE_BUSY whatever the timeout). A fresh database is migrated on open, so
+no manual step is needed; schema changes only ever come from Alembic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from newsletter.errors import ConfigError, NewsletterError
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event issue BEGIN itself (pysqlite's own is deferred).
+        dbapi_connection.isolation_level = None
+        cur = dbapi_connection.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def on_begin(conn: sa.Connection) -> None:
+        mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for `url`, with SQLite tuned for a CLI that may run twice at once."""
+    try:
+        engine = sa.create_engine(url)
+    except (sa.exc.ArgumentError, ImportError) as exc:
+        raise ConfigError(f"NEWSLETTER_DATABASE_URL: cannot use {url!r} ({exc})") from None
+    if engine.dialect.name == "sqlite":
+        _sqlite_setup(engine)
+        db_path = engine.url.database
+        if db_path and db_path != ":memory:" and not db_path.startswith("file:"):
+            parent = Path(db_path).parent
+            if not parent.is_dir():
+                raise ConfigError(f"NEWSLETTER_DATABASE_URL: folder {parent} does not exist")
+    return engine
+
+
+def alembic_config(engine: Engine | None = None) -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    if engine is not None:
+        cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    return cfg
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the latest migration (cheap when it already is)."""
+    try:
+        if current_revision(engine) == head_revision():
+            return
+        with engine.begin() as conn:
+            cfg = alembic_config(engine)
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+    except sa.exc.OperationalError as exc:
+        raise NewsletterError(
+            f"cannot open the database: {exc.orig}",
+            hint="Check NEWSLETTER_DATABASE_URL and that the file is a newsletter database.",
+        ) from None
+    except sa.exc.DatabaseError as exc:
+        raise NewsletterError(f"cannot open the database: {exc.orig}") from None
+
+
+def open_database(url: str) -> Engine:
+    """An engine on a database migrated to the latest schema."""
+    engine = make_engine(url)
+    migrate(engine)
+    return engine
+
+
+@contextmanager
+def write_session(engine: Engine) -> Iterator[Session]:
+    """A session in one transaction that may read then write; commits on success."""
+    with engine.connect() as conn:
+        conn = conn.execution_options(sqlite_begin="IMMEDIATE")
+        with conn.begin(), Session(bind=conn, expire_on_commit=False) as session:
+            yield session
+            session.flush()
+
+
+@contextmanager
+def read_session(engine: Engine) -> Iterator[Session]:
+    """A session for reading; never commits."""
+    with Session(engine, expire_on_commit=False) as session:
+        yield session

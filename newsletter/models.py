@@ -1,0 +1,187 @@
+"""The tables, named after the data flow: Story -> Issue -> Delivery, and Subscriber.
+
+Schema changes go through Alembic migrations (newsletter/migrations); these
+classes must match the latest migration (a test checks it).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores UTC (naive in SQLite, aware in PostgreSQL) and always returns aware UTC."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: store timezone-aware UTC")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(
+        self, value: datetime | None, dialect: sa.Dialect
+    ) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _when(nullable: bool = True, **kw: object) -> object:
+    return Field(default=None, sa_type=UTCDateTime, nullable=nullable, **kw)  # type: ignore[call-overload]
+
+
+class SubscriberStatus:
+    PENDING = "pending"  # signed up, not yet confirmed (double opt-in)
+    ACTIVE = "active"
+    UNSUBSCRIBED = "unsubscribed"
+    BOUNCED = "bounced"
+    COMPLAINED = "complained"
+
+    #: Statuses that must never be mailed again, whatever is imported later.
+    SUPPRESSED = frozenset({UNSUBSCRIBED, BOUNCED, COMPLAINED})
+    ALL = (PENDING, ACTIVE, UNSUBSCRIBED, BOUNCED, COMPLAINED)
+
+
+class Subscriber(SQLModel, table=True):
+    __tablename__ = "subscriber"
+
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(max_length=320)  # as given (trimmed, NFC, domain lower-cased)
+    email_key: str = Field(max_length=320, unique=True, index=True)  # case-folded identity
+    name: str | None = Field(default=None, max_length=200)
+    status: str = Field(default=SubscriberStatus.ACTIVE, max_length=16, index=True)
+    token: str = Field(max_length=64, unique=True, index=True)  # unsubscribe link token
+    source: str | None = Field(default=None, max_length=200)
+    consent_ip: str | None = Field(default=None, max_length=64)
+    unsubscribe_method: str | None = Field(default=None, max_length=32)
+    confirm_token: str | None = Field(default=None, max_length=64, unique=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)  # type: ignore[call-overload]
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)  # type: ignore[call-overload]
+    opt_in_at: datetime | None = _when()  # type: ignore[assignment]
+    confirmed_at: datetime | None = _when()  # type: ignore[assignment]
+    unsubscribed_at: datetime | None = _when()  # type: ignore[assignment]
+
+
+class Suppression(SQLModel, table=True):
+    """A forgotten address: only its hash stays, so an import can never bring it back."""
+
+    __tablename__ = "suppression"
+
+    id: int | None = Field(default=None, primary_key=True)
+    email_hash: str = Field(max_length=64, unique=True, index=True)
+    reason: str = Field(max_length=32)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)  # type: ignore[call-overload]
+
+
+class StoryState:
+    NEW = "new"  # seen in the feed, not yet in an issue
+    ISSUED = "issued"  # frozen into an issue
+    SKIPPED = "skipped"  # recorded as sent without sending (--baseline, over --max-stories)
+
+
+class Story(SQLModel, table=True):
+    __tablename__ = "story"
+
+    id: int | None = Field(default=None, primary_key=True)
+    uid: str = Field(max_length=500, unique=True, index=True)  # stable identity
+    guid: str | None = Field(default=None, max_length=1000)
+    link: str | None = Field(default=None, max_length=2000)
+    title: str = Field(max_length=1000)
+    author: str | None = Field(default=None, max_length=200)
+    summary_html: str = ""
+    content_html: str = ""
+    image_url: str | None = Field(default=None, max_length=2000)
+    image_alt: str | None = Field(default=None, max_length=500)
+    published_at: datetime | None = _when()  # type: ignore[assignment]
+    first_seen_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)  # type: ignore[call-overload]
+    state: str = Field(default=StoryState.NEW, max_length=16, index=True)
+    issue_id: int | None = Field(default=None, foreign_key="issue.id", index=True)
+
+
+class IssueStatus:
+    SENDING = "sending"  # deliveries are being worked through
+    SENT = "sent"  # no delivery left to attempt
+
+
+class Issue(SQLModel, table=True):
+    """One edition: frozen subject and rendered bodies, sent identically on resume."""
+
+    __tablename__ = "issue"
+
+    id: int | None = Field(default=None, primary_key=True)
+    subject: str = Field(max_length=1000)
+    html: str  # inlined HTML with the per-subscriber placeholders left in
+    text: str
+    status: str = Field(default=IssueStatus.SENDING, max_length=16, index=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)  # type: ignore[call-overload]
+    finished_at: datetime | None = _when()  # type: ignore[assignment]
+
+
+class DeliveryStatus:
+    PENDING = "pending"  # not tried yet
+    SENDING = "sending"  # handed to the server; no reply recorded yet
+    SENT = "sent"  # the server said 250
+    DEFERRED = "deferred"  # 4xx: try again later
+    FAILED = "failed"  # permanent failure
+    UNKNOWN = "unknown"  # the connection died after the body: may have been delivered
+    SKIPPED = "skipped"  # subscriber left before their turn came
+
+    OPEN = frozenset({PENDING, DEFERRED})
+    FINAL = frozenset({SENT, FAILED, UNKNOWN, SKIPPED})
+    ALL = (PENDING, SENDING, SENT, DEFERRED, FAILED, UNKNOWN, SKIPPED)
+
+
+class Delivery(SQLModel, table=True):
+    __tablename__ = "delivery"
+    __table_args__ = (
+        sa.UniqueConstraint("issue_id", "subscriber_id", name="uq_delivery_issue_subscriber"),
+        sa.Index("ix_delivery_issue_status", "issue_id", "status"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    issue_id: int = Field(foreign_key="issue.id")
+    subscriber_id: int = Field(foreign_key="subscriber.id", index=True)
+    status: str = Field(default=DeliveryStatus.PENDING, max_length=16)
+    attempts: int = 0
+    last_error: str | None = Field(default=None, max_length=1000)
+    message_id: str | None = Field(default=None, max_length=300)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)  # type: ignore[call-overload]
+    sent_at: datetime | None = _when()  # type: ignore[assignment]
+    next_attempt_at: datetime | None = _when()  # type: ignore[assignment]
+
+
+class SendLock(SQLModel, table=True):
+    """Who is sending now, so that two `newsletter send` runs never mail twice."""
+
+    __tablename__ = "send_lock"
+
+    name: str = Field(primary_key=True, max_length=32)
+    owner: str = Field(max_length=200)  # host:pid:random
+    host: str = Field(max_length=200)
+    pid: int
+    acquired_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)  # type: ignore[call-overload]
+    heartbeat_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)  # type: ignore[call-overload]
+
+
+class FeedState(SQLModel, table=True):
+    """Validators of the last fetch, for conditional GETs (ETag / Last-Modified)."""
+
+    __tablename__ = "feed_state"
+
+    url: str = Field(primary_key=True, max_length=2000)
+    etag: str | None = Field(default=None, max_length=500)
+    last_modified: str | None = Field(default=None, max_length=100)
+    checked_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)  # type: ignore[call-overload]
