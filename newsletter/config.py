@@ -106,6 +106,21 @@ def _positive_float(name: str, value: str) -> float:
     return number
 
 
+def _delays(value: str) -> tuple[float, ...]:
+    """'5,30' -> (5.0, 30.0); '0' or 'none' turns in-run retries off."""
+    if value.lower() in ("0", "none", "off"):
+        return ()
+    try:
+        delays = tuple(float(part) for part in value.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(
+            f"NEWSLETTER_RETRY_DELAYS: {value!r} is not a list of seconds like '5,30'"
+        ) from None
+    if any(d < 0 for d in delays):
+        raise ConfigError("NEWSLETTER_RETRY_DELAYS: delays cannot be negative")
+    return delays
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every setting, already validated. Build with `load_settings`."""
@@ -122,6 +137,8 @@ class Settings:
     smtp_connections: int = 4
     smtp_timeout: float = 30.0
     send_rate: float | None = None
+    retry_delays: tuple[float, ...] = (5.0, 30.0)
+    retry_max_age_hours: float = 72.0
     list_name: str | None = None
 
     def require(self, *names: str) -> None:
@@ -173,6 +190,8 @@ ENV_NAMES = {
     "smtp_connections": "NEWSLETTER_SMTP_CONNECTIONS",
     "smtp_timeout": "NEWSLETTER_SMTP_TIMEOUT",
     "send_rate": "NEWSLETTER_SEND_RATE",
+    "retry_delays": "NEWSLETTER_RETRY_DELAYS",
+    "retry_max_age_hours": "NEWSLETTER_RETRY_MAX_AGE_HOURS",
     "list_name": "NEWSLETTER_LIST_NAME",
 }
 
@@ -232,6 +251,10 @@ def load_settings(
         kwargs["smtp_timeout"] = _positive_float("NEWSLETTER_SMTP_TIMEOUT", v)
     if (v := get("send_rate")) is not None:
         kwargs["send_rate"] = _positive_float("NEWSLETTER_SEND_RATE", v)
+    if (v := get("retry_delays")) is not None:
+        kwargs["retry_delays"] = _delays(v)
+    if (v := get("retry_max_age_hours")) is not None:
+        kwargs["retry_max_age_hours"] = _positive_float("NEWSLETTER_RETRY_MAX_AGE_HOURS", v)
     if (v := get("list_name")) is not None:
         kwargs["list_name"] = v
     return Settings(**kwargs)  # type: ignore[arg-type]

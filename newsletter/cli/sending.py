@@ -1,0 +1,125 @@
+"""`newsletter send` and `newsletter status`: thin wrappers that print core results."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+from newsletter.cli.app import App, main, pass_app
+from newsletter.send import SendOptions, SendResult, run_send
+from newsletter.status import status_report
+from newsletter.transport import describe_destination
+
+
+@contextmanager
+def _progress_bar(total: int, label: str) -> Iterator[Callable[[int], None]]:
+    """A click progress bar with rate and ETA (hidden when stderr is not a terminal)."""
+    with click.progressbar(
+        length=total,
+        label=label,
+        show_pos=True,
+        show_eta=True,
+        file=click.get_text_stream("stderr"),
+    ) as bar:
+        yield bar.update
+
+
+def _print_result(app: App, result: SendResult, options: SendOptions) -> None:
+    if options.dry_run or options.preview or options.to:
+        if result.stories:
+            click.echo(f"{len(result.stories)} stories would go in the next issue:")
+            for story in result.stories:
+                date = story.published_at.strftime("%Y-%m-%d") if story.published_at else "----"
+                click.echo(f"  {date}  {story.title}")
+        else:
+            click.echo("No new stories.")
+        if options.dry_run:
+            click.echo(f"{result.recipients} active subscribers would receive it.")
+            click.echo("Dry run: nothing was sent and nothing was written.")
+    for note in result.notes:
+        click.echo(note)
+    for done in result.issues:
+        r = done.report
+        verb = "Resumed" if done.resumed else "Sent"
+        click.echo(f"{verb} issue {done.issue_id}: {done.subject}")
+        click.echo(
+            f"  {r.sent} sent, {r.deferred} deferred, {r.failed} failed, {r.bounced} bounced, "
+            f"{r.unknown} unknown, {r.skipped} skipped"
+        )
+        if r.sent:
+            click.echo(f"  Delivered to the {describe_destination(app.settings)}.")
+        if not done.finished and result.error is None:
+            click.echo("  Some deliveries are deferred; run `newsletter send` later to retry them.")
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Show what would be sent; send and write nothing.")
+@click.option(
+    "--preview",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Write the next issue's HTML to FILE; send nothing.",
+)
+@click.option("--to", "to", metavar="ADDRESS", help="Send a test copy to one address only.")
+@click.option("--baseline", is_flag=True, help="Record the current stories as sent, send nothing.")
+@click.option("--max-stories", type=click.IntRange(1, 100), default=10, show_default=True)
+@click.option("--min-stories", type=click.IntRange(1, 100), default=1, show_default=True)
+@click.option("--retry-unknown", is_flag=True, help="Resend deliveries whose outcome is unknown.")
+@click.option("--retry-failed", is_flag=True, help="Retry deliveries that failed.")
+@pass_app
+def send(
+    app: App,
+    dry_run: bool,
+    preview: Path | None,
+    to: str | None,
+    baseline: bool,
+    max_stories: int,
+    min_stories: int,
+    retry_unknown: bool,
+    retry_failed: bool,
+) -> None:
+    """Send the feed's new stories to every active subscriber."""
+    if to is not None:
+        from newsletter.addresses import normalise_address
+
+        to = normalise_address(to).email
+    options = SendOptions(
+        dry_run=dry_run,
+        preview=preview,
+        to=to,
+        baseline=baseline,
+        max_stories=max_stories,
+        min_stories=min_stories,
+        retry_unknown=retry_unknown,
+        retry_failed=retry_failed,
+    )
+    result = run_send(app.engine, app.settings, options, progress=_progress_bar)
+    _print_result(app, result, options)
+    if result.error is not None:
+        raise result.error
+
+
+@main.command()
+@click.option("--issues", "limit", type=click.IntRange(1, 100), default=5, show_default=True)
+@pass_app
+def status(app: App, limit: int) -> None:
+    """Subscribers by status, and the last issues with their delivery counts."""
+    report = status_report(app.engine, limit=limit)
+    click.echo("Subscribers:")
+    for name, count in report.subscribers.items():
+        click.echo(f"  {name:<13}{count:>8}")
+    if report.sending:
+        click.echo(f"A send is running now ({report.sending}).")
+    if not report.issues:
+        click.echo("No issues sent yet.")
+        return
+    click.echo("Issues:")
+    for line in report.issues:
+        when = line.created_at.strftime("%Y-%m-%d %H:%M")
+        click.echo(f"  #{line.issue_id}  {when}  {line.status:<8} {line.subject}")
+        counts = ", ".join(f"{n} {s}" for s, n in line.counts.items() if n)
+        click.echo(f"       {counts or 'no deliveries'}")
+        for kind, error in line.last_errors.items():
+            click.echo(f"       last {kind}: {error}")

@@ -1,0 +1,232 @@
+"""Stories -> Issue: record what the feed holds and freeze the new stories into one issue.
+
+An Issue, once created, never changes: its subject and rendered bodies are
+stored, so a resumed send sends the same content. The Issue, its stories'
+new state and one pending Delivery per active subscriber are written in one
+transaction, before any SMTP call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, func, select
+
+from newsletter.config import Settings
+from newsletter.db import read_session, write_session
+from newsletter.feed import Feed, FeedStory, FetchResult
+from newsletter.models import (
+    Delivery,
+    DeliveryStatus,
+    FeedState,
+    Issue,
+    IssueStatus,
+    Story,
+    StoryState,
+    Subscriber,
+    SubscriberStatus,
+    utcnow,
+)
+from newsletter.render import RenderedIssue, render_issue
+
+_OLDEST = datetime.min.replace(tzinfo=UTC)
+
+
+@dataclass
+class Plan:
+    """What a send would do with the feed as it is now (computed without writing)."""
+
+    new: list[FeedStory | Story] = field(default_factory=list)  # newest first, within the cap
+    over_cap: list[FeedStory | Story] = field(default_factory=list)  # older new ones left out
+    recipients: int = 0
+    first_send: bool = False
+
+
+def _sort_key(story: FeedStory | Story) -> datetime:
+    return story.published_at or _OLDEST
+
+
+def active_count(session: Session) -> int:
+    query = (
+        select(func.count())
+        .select_from(Subscriber)
+        .where(Subscriber.status == SubscriberStatus.ACTIVE)
+    )
+    return session.exec(query).one()
+
+
+def plan_issue(engine: Engine, feed: Feed, *, max_stories: int) -> Plan:
+    """The stories not sent before (feed order, then older unsent ones), read-only."""
+    with read_session(engine) as session:
+        known = _known_uids(session, [s.uid for s in feed.stories])
+        pending: list[FeedStory | Story] = [s for s in feed.stories if s.uid not in known]
+        pending += list(session.exec(select(Story).where(Story.state == StoryState.NEW)))
+        first_send = session.exec(select(func.count()).select_from(Issue)).one() == 0
+        recipients = active_count(session)
+    pending.sort(key=_sort_key, reverse=True)
+    return Plan(pending[:max_stories], pending[max_stories:], recipients, first_send)
+
+
+def _story_row(story: FeedStory) -> dict[str, object]:
+    return {
+        "uid": story.uid,
+        "guid": story.guid,
+        "link": story.link,
+        "title": story.title,
+        "author": story.author,
+        "summary_html": story.summary_html,
+        "content_html": story.content_html,
+        "image_url": story.image_url,
+        "image_alt": story.image_alt,
+        "published_at": story.published_at,
+        "first_seen_at": utcnow(),
+        "state": StoryState.NEW,
+    }
+
+
+def _known_uids(session: Session, uids: list[str]) -> set[str]:
+    known: set[str] = set()
+    for start in range(0, len(uids), 500):
+        chunk = uids[start : start + 500]
+        known.update(session.exec(select(Story.uid).where(col(Story.uid).in_(chunk))))
+    return known
+
+
+def record_stories(session: Session, feed: Feed) -> int:
+    """Insert the feed's unseen stories (state new); never touch or drop known ones."""
+    known = _known_uids(session, [s.uid for s in feed.stories])
+    unseen: dict[str, FeedStory] = {}
+    for story in feed.stories:  # a feed may repeat an item: keep its first copy
+        if story.uid not in known:
+            unseen.setdefault(story.uid, story)
+    if unseen:
+        session.execute(sa.insert(Story), [_story_row(s) for s in unseen.values()])
+    return len(unseen)
+
+
+def remember_fetch(session: Session, fetched: FetchResult | None) -> None:
+    """Keep the validators for the next conditional GET, once the stories are recorded."""
+    if fetched is None or fetched.data is None or not fetched.url.startswith("http"):
+        return
+    state = session.get(FeedState, fetched.url) or FeedState(url=fetched.url)
+    state.etag, state.last_modified, state.checked_at = (
+        fetched.etag,
+        fetched.last_modified,
+        utcnow(),
+    )
+    session.add(state)
+
+
+def feed_validators(engine: Engine, url: str) -> tuple[str | None, str | None]:
+    with read_session(engine) as session:
+        state = session.get(FeedState, url)
+        return (state.etag, state.last_modified) if state else (None, None)
+
+
+@dataclass
+class Created:
+    issue: Issue | None
+    stories: list[Story]
+    skipped: int  # older new stories left out by --max-stories
+    recipients: int
+    reason: str = ""  # why no issue was made
+
+
+def create_issue(
+    engine: Engine,
+    settings: Settings,
+    feed: Feed,
+    *,
+    fetched: FetchResult | None = None,
+    max_stories: int = 10,
+    min_stories: int = 1,
+) -> Created:
+    """Record the feed's stories and, when enough are new, freeze them into an Issue."""
+    with write_session(engine) as session:
+        record_stories(session, feed)
+        remember_fetch(session, fetched)
+        new = list(session.exec(select(Story).where(Story.state == StoryState.NEW)))
+        new.sort(key=lambda s: (_sort_key(s), s.id or 0), reverse=True)
+        recipients = active_count(session)
+        if len(new) < min_stories:
+            why = "no new stories" if not new else f"only {len(new)} new (--min-stories)"
+            return Created(None, [], 0, recipients, why)
+        if recipients == 0:
+            return Created(None, [], 0, 0, "no active subscribers")
+        chosen, older = new[:max_stories], new[max_stories:]
+        for story in older:
+            story.state = StoryState.SKIPPED
+            session.add(story)
+        issue = Issue(subject="", html="", text="", status=IssueStatus.SENDING)
+        session.add(issue)
+        session.flush()
+        assert issue.id is not None
+        rendered = render_issue(
+            chosen, settings, issue_id=issue.id, feed_title=feed.title, feed_link=feed.link
+        )
+        issue.subject, issue.html, issue.text = rendered.subject, rendered.html, rendered.text
+        for story in chosen:
+            story.state, story.issue_id = StoryState.ISSUED, issue.id
+            session.add(story)
+        session.add(issue)
+        session.flush()
+        now = utcnow()
+        session.execute(
+            sa.insert(Delivery).from_select(
+                ["issue_id", "subscriber_id", "status", "attempts", "updated_at"],
+                select(
+                    sa.literal(issue.id),
+                    Subscriber.id,
+                    sa.literal(DeliveryStatus.PENDING),
+                    sa.literal(0),
+                    sa.literal(now, type_=Delivery.__table__.c.updated_at.type),
+                ).where(Subscriber.status == SubscriberStatus.ACTIVE),
+            )
+        )
+        return Created(issue, chosen, len(older), recipients)
+
+
+def baseline(engine: Engine, feed: Feed, *, fetched: FetchResult | None = None) -> int:
+    """Record every current story as already sent, without sending; returns how many."""
+    with write_session(engine) as session:
+        record_stories(session, feed)
+        remember_fetch(session, fetched)
+        new = list(session.exec(select(Story).where(Story.state == StoryState.NEW)))
+        for story in new:
+            story.state = StoryState.SKIPPED
+            session.add(story)
+        return len(new)
+
+
+def render_preview(
+    stories: Sequence[FeedStory | Story], settings: Settings, feed: Feed
+) -> RenderedIssue:
+    """Render stories as an issue would be, without storing anything."""
+    return render_issue(
+        stories, settings, issue_id=None, feed_title=feed.title, feed_link=feed.link
+    )
+
+
+def unfinished_issues(engine: Engine) -> list[Issue]:
+    with read_session(engine) as session:
+        query = select(Issue).where(Issue.status == IssueStatus.SENDING).order_by(col(Issue.id))
+        return list(session.exec(query))
+
+
+def latest_issues(engine: Engine, limit: int = 5) -> list[Issue]:
+    with read_session(engine) as session:
+        return list(session.exec(select(Issue).order_by(col(Issue.id).desc()).limit(limit)))
+
+
+def delivery_counts(engine: Engine, issue_id: int) -> dict[str, int]:
+    with read_session(engine) as session:
+        query = (
+            select(Delivery.status, func.count())
+            .where(Delivery.issue_id == issue_id)
+            .group_by(Delivery.status)
+        )
+        return {status: n for status, n in session.exec(query)}

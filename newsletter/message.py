@@ -1,0 +1,147 @@
+"""Build an issue's MIME message once, then fill it in per subscriber at the byte level.
+
+Building an `EmailMessage` per subscriber caps a send near 200 messages/s;
+here everything that is the same for every reader (headers, both bodies,
+their quoted-printable encoding) is encoded once, and each personal message
+is a join of precomputed byte segments plus a few short encoded values.
+
+Quoted-printable soft line breaks (`=` CRLF) are legal anywhere, so each
+segment is encoded on its own and joined with soft breaks: a placeholder can
+never be split across lines, whatever its position.
+"""
+
+from __future__ import annotations
+
+import binascii
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import format_datetime, formataddr, make_msgid
+
+from newsletter.config import Settings
+from newsletter.render import UNSUBSCRIBE_URL
+from newsletter.sanitize import clean_text
+
+CRLF = b"\r\n"
+SOFT_BREAK = b"=\r\n"
+_LINE_BREAKS = re.compile(r"\r\n|\r|\n")
+
+
+def unsubscribe_url(settings: Settings, token: str) -> str:
+    """The one-click unsubscribe URL carried by List-Unsubscribe and the footer."""
+    return settings.url(f"unsubscribe/{token}")
+
+
+def _qp(data: bytes) -> bytes:
+    """Quoted-printable with CRLF line ends (binascii keeps the input's line ends)."""
+    return binascii.b2a_qp(data, quotetabs=False, istext=True, header=False)
+
+
+def _crlf(text: str) -> bytes:
+    return _LINE_BREAKS.sub("\r\n", text).encode("utf-8")
+
+
+@dataclass(frozen=True)
+class _Body:
+    """One body part split at the unsubscribe placeholder, each piece pre-encoded."""
+
+    head: bytes  # the part's MIME headers and blank line
+    pieces: tuple[bytes, ...]  # QP-encoded text between placeholders
+
+    @classmethod
+    def build(cls, content_type: str, text: str) -> _Body:
+        head = (
+            f'Content-Type: {content_type}; charset="utf-8"\r\n'
+            "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+        ).encode("ascii")
+        pieces = tuple(_qp(_crlf(piece)) for piece in text.split(UNSUBSCRIBE_URL))
+        return cls(head, pieces)
+
+    def fill(self, url_qp: bytes) -> list[bytes]:
+        out = [self.head, self.pieces[0]]
+        for piece in self.pieces[1:]:
+            out += [SOFT_BREAK, url_qp, SOFT_BREAK, piece]
+        return out
+
+
+def header_safe(value: str, max_length: int = 200) -> str:
+    """A value fit for a header: no line breaks or control characters, capped."""
+    return clean_text(value, max_length=max_length)
+
+
+class MessageTemplate:
+    """An issue's message, encoded once; `personalise` makes one recipient's bytes."""
+
+    def __init__(
+        self, settings: Settings, *, subject: str, html: str, text: str, issue_id: int | None
+    ) -> None:
+        settings.require("from_address")
+        assert settings.from_address is not None
+        self.settings = settings
+        self.domain = settings.from_address.domain
+        self.boundary = f"=_nl_{secrets.token_hex(12)}_="  # '=' never occurs in QP output
+        static = EmailMessage(policy=SMTP)
+        static["From"] = settings.from_address
+        static["Subject"] = header_safe(subject, 250)
+        static["MIME-Version"] = "1.0"
+        static["List-Id"] = settings.list_id
+        static["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        if issue_id is not None:
+            static["List-Archive"] = f"<{settings.url('issues')}>"
+        static["Precedence"] = "bulk"
+        static["Auto-Submitted"] = "auto-generated"
+        static["Content-Type"] = f'multipart/alternative; boundary="{self.boundary}"'
+        # Header block only: policy SMTP folds long lines and RFC 2047-encodes non-ASCII.
+        self._static_headers = static.as_bytes(policy=SMTP).split(b"\r\n\r\n", 1)[0] + CRLF
+        self._text = _Body.build("text/plain", text)
+        self._html = _Body.build("text/html", html)
+        b = self.boundary.encode("ascii")
+        self._open = b"\r\n--" + b + b"\r\n"
+        self._close = b"\r\n--" + b + b"--\r\n"
+
+    def new_message_id(self) -> str:
+        """A Message-ID unique per recipient, on the From domain (never the host name)."""
+        return make_msgid(domain=self.domain)
+
+    def personalise(
+        self,
+        email: str,
+        name: str | None,
+        token: str,
+        *,
+        message_id: str,
+        date: str,
+    ) -> bytes:
+        """One recipient's complete message, CRLF line ends, ready for SMTP DATA."""
+        url = unsubscribe_url(self.settings, token)
+        to = formataddr((header_safe(name), email), charset="utf-8") if name else email
+        headers = b"".join(
+            [
+                b"To: ",
+                to.encode("ascii"),
+                b"\r\nDate: ",
+                date.encode("ascii"),
+                b"\r\nMessage-ID: ",
+                message_id.encode("ascii"),
+                b"\r\nList-Unsubscribe: <",
+                url.encode("ascii"),
+                b">\r\n",
+                self._static_headers,
+            ]
+        )
+        url_qp = _qp(url.encode("ascii"))
+        parts = [headers, b"\r\nThis is a multi-part message in MIME format.\r\n"]
+        parts.append(self._open[2:])
+        parts += self._text.fill(url_qp)
+        parts.append(self._open)
+        parts += self._html.fill(url_qp)
+        parts.append(self._close)
+        return b"".join(parts)
+
+
+def message_date(when: datetime | None = None) -> str:
+    """An RFC 5322 Date value (UTC)."""
+    return format_datetime((when or datetime.now(UTC)).astimezone(UTC))

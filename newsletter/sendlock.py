@@ -1,0 +1,106 @@
+"""One `newsletter send` at a time per database: a lock row with a heartbeat.
+
+A second run (cron overlap, a second terminal) is told another send is in
+progress. A lock left by a crashed run is taken over at once when its process
+is gone on this host, or once its heartbeat is older than the lease.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import threading
+from datetime import timedelta
+
+from sqlalchemy.engine import Engine
+
+from newsletter.db import write_session
+from newsletter.errors import SendInProgress
+from newsletter.models import SendLock, utcnow
+
+LOCK_NAME = "send"
+LEASE = timedelta(seconds=90)
+HEARTBEAT_SECONDS = 15.0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class SendLockHolder:
+    """Acquire with `acquire()`, keep alive with a heartbeat thread, `release()` at the end."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self.owner = f"{self.host}:{self.pid}:{secrets.token_hex(4)}"
+        self.took_over: SendLock | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _is_stale(self, lock: SendLock) -> bool:
+        if lock.host == self.host and not _pid_alive(lock.pid):
+            return True
+        return utcnow() - lock.heartbeat_at > LEASE
+
+    def acquire(self) -> None:
+        with write_session(self.engine) as session:
+            lock = session.get(SendLock, LOCK_NAME)
+            if lock is not None and lock.owner != self.owner:
+                if not self._is_stale(lock):
+                    since = lock.acquired_at.strftime("%Y-%m-%d %H:%M UTC")
+                    raise SendInProgress(
+                        f"another send is in progress (pid {lock.pid} on {lock.host}, "
+                        f"since {since})"
+                    )
+                self.took_over = SendLock(
+                    name=lock.name,
+                    owner=lock.owner,
+                    host=lock.host,
+                    pid=lock.pid,
+                    acquired_at=lock.acquired_at,
+                    heartbeat_at=lock.heartbeat_at,
+                )
+                session.delete(lock)
+                session.flush()
+            if lock is None or lock.owner != self.owner:
+                session.add(
+                    SendLock(name=LOCK_NAME, owner=self.owner, host=self.host, pid=self.pid)
+                )
+        self._thread = threading.Thread(target=self._beat, name="send-lock-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            try:
+                with write_session(self.engine) as session:
+                    lock = session.get(SendLock, LOCK_NAME)
+                    if lock is not None and lock.owner == self.owner:
+                        lock.heartbeat_at = utcnow()
+                        session.add(lock)
+            except Exception:  # noqa: BLE001 - a missed beat is retried; the lease is long
+                continue
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        with write_session(self.engine) as session:
+            lock = session.get(SendLock, LOCK_NAME)
+            if lock is not None and lock.owner == self.owner:
+                session.delete(lock)
+
+    def __enter__(self) -> SendLockHolder:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

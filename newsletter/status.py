@@ -1,0 +1,86 @@
+"""`newsletter status`: subscribers by status, the last issues and their delivery counts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from newsletter.models import (
+    Delivery,
+    DeliveryStatus,
+    Issue,
+    SendLock,
+    Subscriber,
+    SubscriberStatus,
+)
+
+D = Delivery.__table__
+
+
+@dataclass
+class IssueLine:
+    issue_id: int
+    created_at: datetime
+    status: str
+    subject: str
+    counts: dict[str, int]
+    last_errors: dict[str, str] = field(default_factory=dict)  # delivery status -> last error
+
+
+@dataclass
+class StatusReport:
+    subscribers: dict[str, int]
+    issues: list[IssueLine]
+    sending: str | None  # who holds the send lock, if anyone
+
+
+def status_report(engine: Engine, *, limit: int = 5) -> StatusReport:
+    with engine.connect() as conn:
+        by_status = dict(
+            conn.execute(
+                sa.select(Subscriber.__table__.c.status, sa.func.count()).group_by(
+                    Subscriber.__table__.c.status
+                )
+            ).all()
+        )
+        subscribers = {name: by_status.get(name, 0) for name in SubscriberStatus.ALL}
+        ISSUES = Issue.__table__
+        rows = conn.execute(
+            sa.select(ISSUES.c.id, ISSUES.c.created_at, ISSUES.c.status, ISSUES.c.subject)
+            .order_by(ISSUES.c.id.desc())
+            .limit(limit)
+        ).all()
+        lines = []
+        for issue_id, created_at, state, subject in rows:
+            counts = dict(
+                conn.execute(
+                    sa.select(D.c.status, sa.func.count())
+                    .where(D.c.issue_id == issue_id)
+                    .group_by(D.c.status)
+                ).all()
+            )
+            line = IssueLine(
+                issue_id,
+                created_at,
+                state,
+                subject,
+                {s: counts.get(s, 0) for s in DeliveryStatus.ALL},
+            )
+            for kind in (DeliveryStatus.DEFERRED, DeliveryStatus.FAILED, DeliveryStatus.UNKNOWN):
+                error = conn.execute(
+                    sa.select(D.c.last_error)
+                    .where(
+                        D.c.issue_id == issue_id, D.c.status == kind, D.c.last_error.is_not(None)
+                    )
+                    .order_by(D.c.updated_at.desc())
+                    .limit(1)
+                ).scalar()
+                if error:
+                    line.last_errors[kind] = error
+            lines.append(line)
+        lock = conn.execute(sa.select(SendLock.__table__)).first()
+    sending = f"pid {lock.pid} on {lock.host}" if lock else None
+    return StatusReport(subscribers, lines, sending)

@@ -1,0 +1,88 @@
+"""Small builders shared by the send tests: settings, a database, subscribers."""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from newsletter.config import Settings, load_settings
+from newsletter.db import open_database, write_session
+from newsletter.models import Subscriber, SubscriberStatus
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+SAMPLE_FEED = EXAMPLES / "aasr-feed.xml"
+NEXT_FEED = EXAMPLES / "aasr-feed-next.xml"
+
+BASE_ENV = {
+    "NEWSLETTER_FROM": "AASR <news@endseclusion.org>",
+    "NEWSLETTER_POSTAL_ADDRESS": "AASR, PO Box 1234, Springfield, VA 22150, USA",
+    "NEWSLETTER_BASE_URL": "https://news.endseclusion.org",
+    "NEWSLETTER_RETRY_DELAYS": "0",
+}
+
+
+def settings_for(tmp_path: Path, **env: str) -> Settings:
+    """Settings for a test: the sample feed copied into tmp_path, a SQLite file there."""
+    feed = tmp_path / "feed.xml"
+    if not feed.exists():
+        shutil.copy(SAMPLE_FEED, feed)
+    values = {
+        **BASE_ENV,
+        "NEWSLETTER_FEED_URL": str(feed),
+        "NEWSLETTER_DATABASE_URL": f"sqlite:///{tmp_path / 'subscribers.db'}",
+        "NEWSLETTER_OUTBOX": str(tmp_path / "outbox"),
+        **env,
+    }
+    return load_settings(environ=values, env_file=tmp_path / "no.env")
+
+
+def database(settings: Settings) -> Engine:
+    return open_database(settings.database_url)
+
+
+def add_subscribers(
+    engine: Engine, emails: list[str], *, status: str = SubscriberStatus.ACTIVE
+) -> None:
+    with write_session(engine) as session:
+        for address in emails:
+            session.add(
+                Subscriber(
+                    email=address,
+                    email_key=address.lower(),
+                    status=status,
+                    token=secrets.token_urlsafe(16),
+                )
+            )
+
+
+def many(n: int, domain: str = "example.org") -> list[str]:
+    return [f"reader{i:05d}@{domain}" for i in range(n)]
+
+
+def table_dump(engine: Engine) -> dict[str, list[tuple[object, ...]]]:
+    """Every row of every table, to show that a failed command changed nothing."""
+    out: dict[str, list[tuple[object, ...]]] = {}
+    with engine.connect() as conn:
+        for name in sa.inspect(conn).get_table_names():
+            out[name] = [tuple(r) for r in conn.execute(sa.text(f'SELECT * FROM "{name}"'))]
+    return out
+
+
+def deliveries(engine: Engine) -> dict[str, str]:
+    """email -> delivery status, over all issues (tests use one issue at a time)."""
+    query = sa.text(
+        "SELECT s.email, d.status FROM delivery d JOIN subscriber s ON s.id = d.subscriber_id"
+    )
+    with engine.connect() as conn:
+        return dict(conn.execute(query).all())
+
+
+def subscriber_status(engine: Engine, email: str) -> str:
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.text("SELECT status FROM subscriber WHERE email = :e"), {"e": email}
+        ).scalar_one()
