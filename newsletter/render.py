@@ -4,13 +4,45 @@ CONTRACT (used by newsletter.issues and newsletter.message):
 
     UNSUBSCRIBE_URL = "%%UNSUBSCRIBE_URL%%"   # placeholder filled per subscriber
     render_issue(stories, settings, *, issue_id, feed_title, feed_link) -> RenderedIssue
+    render_subject(stories, settings, *, feed_title="", feed_link=None) -> str
+    normalise_subject(text, limit=200) -> str
+
+Rendering happens once per issue, never per subscriber: premailer costs about
+50 ms a document, and the per-subscriber unsubscribe link is a byte-level
+replacement of UNSUBSCRIBE_URL in the finished bodies.
 """
 
 from __future__ import annotations
 
+import logging
+import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from markupsafe import Markup
+from premailer import Premailer
+
+from newsletter.config import Settings
+from newsletter.errors import TemplateError
+from newsletter.htmltext import cap_line_length, excerpt_html, html_to_text
+from newsletter.templating import render_template
 
 UNSUBSCRIBE_URL = "%%UNSUBSCRIBE_URL%%"
+
+SUBJECT_LIMIT = 200
+SUMMARY_LIMITS = {"max_chars": 1000, "max_paragraphs": 3}  # a feed's own summary: cut only if long
+CONTENT_LIMITS = {"max_chars": 600, "max_paragraphs": 2}  # full content: the opening only
+TEXT_WIDTH = 72
+_MONTHS = (  # English names whatever the machine's locale
+    ("January", "February", "March", "April", "May", "June")
+    + ("July", "August", "September", "October", "November", "December")
+)
+# Bidirectional overrides can disguise a subject; everything else invisible is kept (emoji ZWJ).
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_URL_DROPPED = {ord(c): None for c in "\r\n\t"}
 
 
 @dataclass(frozen=True)
@@ -18,3 +50,196 @@ class RenderedIssue:
     subject: str  # one line, no control characters
     html: str  # full document, CSS inlined, contains UNSUBSCRIBE_URL
     text: str  # real plain-text version, contains UNSUBSCRIBE_URL
+
+
+class StoryLike(Protocol):
+    """What a story must offer: newsletter.feed.FeedStory and newsletter.models.Story both do."""
+
+    title: str
+    link: str | None
+    author: str | None
+    summary_html: str
+    content_html: str
+    image_url: str | None
+    image_alt: str | None
+    published_at: datetime | None
+
+
+@dataclass(frozen=True)
+class StoryView:
+    """A story as the templates see it: links checked, summary cut, dates formatted."""
+
+    title: str
+    link: str | None
+    author: str | None
+    date: str | None  # "12 March 2025"
+    date_iso: str | None  # "2025-03-12"
+    image_url: str | None
+    image_alt: str  # "" marks the image as decorative
+    summary_html: Markup  # already sanitised upstream, then excerpted
+    summary_text: str  # the same summary as wrapped plain text
+
+
+def normalise_subject(text: str, limit: int = SUBJECT_LIMIT) -> str:
+    """One line of at most `limit` characters: header-safe whatever the feed sent."""
+    chars = []
+    for char in text:
+        if char in _BIDI_CONTROLS:
+            continue
+        category = unicodedata.category(char)
+        chars.append(" " if category in ("Cc", "Zl", "Zp") or char.isspace() else char)
+    subject = " ".join("".join(chars).split())
+    if len(subject) > limit:
+        cut = subject[: limit - 1]
+        if " " in cut[limit // 2 :]:
+            cut = cut.rsplit(" ", 1)[0]
+        subject = cut.rstrip(" ,;:-–—") + "…"
+    return subject
+
+
+def newest_first(stories: Sequence[StoryLike]) -> list[StoryLike]:
+    """Newest first; undated stories keep their feed order after the dated ones."""
+    return sorted(
+        stories,
+        key=lambda s: (s.published_at is None, -_timestamp(s.published_at)),
+    )
+
+
+def _timestamp(when: datetime | None) -> float:
+    if when is None:
+        return 0.0
+    if when.tzinfo is None:  # treat naive as UTC rather than crash on the comparison
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+def render_subject(
+    stories: Sequence[StoryLike],
+    settings: Settings,
+    *,
+    feed_title: str = "",
+    feed_link: str | None = None,
+    issue_id: int | None = None,
+) -> str:
+    """The subject from subject.txt (default: newest title + " + N more"), on one line."""
+    views = [_story_view(s) for s in newest_first(stories)]
+    context = _base_context(views, settings, issue_id, feed_title, feed_link)
+    return _subject_from(context, settings)
+
+
+def render_issue(
+    stories: Sequence[StoryLike],
+    settings: Settings,
+    *,
+    issue_id: int | None,
+    feed_title: str,
+    feed_link: str | None,
+) -> RenderedIssue:
+    """Subject, inlined HTML and text for one issue; the same words in both bodies."""
+    settings.require("postal_address")  # CAN-SPAM: every email carries it
+    views = [_story_view(s) for s in newest_first(stories)]
+    context = _base_context(views, settings, issue_id, feed_title, feed_link)
+    subject = _subject_from(context, settings)
+    context["subject"] = subject
+    html = inline_css(render_template(settings, "email.html", context))
+    text = cap_line_length(render_template(settings, "email.txt", context).strip() + "\n")
+    for name, body in (("email.html", html), ("email.txt", text)):
+        if UNSUBSCRIBE_URL not in body:
+            raise TemplateError(
+                f"Template {name!r} has no unsubscribe link: "
+                "it must contain {{ unsubscribe_url }}"
+            )
+    return RenderedIssue(subject=subject, html=html, text=text)
+
+
+def inline_css(html: str) -> str:
+    """Inline the <style> rules once per issue; @media rules and !important stay in <style>."""
+    try:
+        inlined = Premailer(
+            html,
+            allow_network=False,  # never fetch a stylesheet named in a template
+            strip_important=False,  # keep mobile and dark-mode overrides winning
+            keep_style_tags=True,  # @media rules cannot be inlined
+            cssutils_logging_level=logging.CRITICAL,
+            remove_classes=False,
+            disable_validation=True,
+            base_url=None,
+            # keep width="600"/width="552" for Outlook; CSS width:100% must not overwrite them
+            disable_basic_attributes=["width", "height"],
+        ).transform()
+    except Exception as exc:  # premailer/lxml/cssutils raise many types on a broken template
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        raise TemplateError(f"Template 'email.html': CSS inlining failed: {message}") from None
+    return inlined.strip() + "\n"
+
+
+def _subject_from(context: dict[str, Any], settings: Settings) -> str:
+    subject = normalise_subject(render_template(settings, "subject.txt", context))
+    return subject or normalise_subject(context["list_title"])
+
+
+def _base_context(
+    views: list[StoryView],
+    settings: Settings,
+    issue_id: int | None,
+    feed_title: str,
+    feed_link: str | None,
+) -> dict[str, Any]:
+    site_url = safe_url(feed_link) or settings.base_url
+    site_name = _host(site_url) or feed_title or settings.list_title
+    titles = " · ".join(v.title for v in views)
+    return {
+        "stories": views,
+        "list_title": settings.list_title,
+        "feed_title": feed_title,
+        "site_url": site_url,
+        "site_name": site_name,
+        "issue_url": settings.url(f"issues/{issue_id}") if issue_id is not None else None,
+        "postal_address": settings.postal_address or "",
+        "unsubscribe_url": UNSUBSCRIBE_URL,
+        "preheader": normalise_subject(titles, 140),
+        "subject": "",
+    }
+
+
+def _story_view(story: StoryLike) -> StoryView:
+    if (story.summary_html or "").strip():
+        summary = excerpt_html(story.summary_html, **SUMMARY_LIMITS)
+    else:
+        summary = excerpt_html(story.content_html or "", **CONTENT_LIMITS)
+    when = story.published_at
+    return StoryView(
+        title=" ".join((story.title or "").split()) or "(untitled)",
+        link=safe_url(story.link),
+        author=" ".join(story.author.split()) if story.author else None,
+        date=f"{when.day} {_MONTHS[when.month - 1]} {when.year}" if when else None,
+        date_iso=when.date().isoformat() if when else None,
+        image_url=safe_url(story.image_url, schemes=("http", "https")),
+        image_alt=" ".join((story.image_alt or "").split()),
+        summary_html=Markup(summary),  # noqa: S704 - sanitised by newsletter.feed
+        summary_text=html_to_text(summary, TEXT_WIDTH),
+    )
+
+
+def safe_url(url: str | None, schemes: tuple[str, ...] = ("http", "https", "mailto")) -> str | None:
+    """The URL if it is absolute with an allowed scheme, else None (no javascript: links)."""
+    if not url:
+        return None
+    url = url.strip().translate(_URL_DROPPED).replace(" ", "%20")  # as browsers do
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in schemes or not (parts.netloc or parts.scheme == "mailto"):
+        return None
+    return url
+
+
+def _host(url: str | None) -> str | None:
+    if not url:
+        return None
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        return None
+    return host.removeprefix("www.") if host else None
