@@ -36,8 +36,13 @@ def unsubscribe_url(settings: Settings, token: str) -> str:
 
 
 def _qp(data: bytes) -> bytes:
-    """Quoted-printable with CRLF line ends (binascii keeps the input's line ends)."""
-    return binascii.b2a_qp(data, quotetabs=False, istext=True, header=False)
+    """Quoted-printable with CRLF line ends everywhere, soft breaks included.
+
+    binascii picks its soft-break style from the input's first line end and
+    uses a bare LF when there is none, so normalise after encoding.
+    """
+    encoded = binascii.b2a_qp(data, quotetabs=False, istext=True, header=False)
+    return encoded.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
 def _crlf(text: str) -> bytes:

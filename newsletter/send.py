@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -109,12 +109,15 @@ def deliver(
         settings, subject=issue.subject, html=issue.html, text=issue.text, issue_id=issue.id
     )
     report = Report()
-    waits = (0.0, *policy.retry_delays)
-    for number, wait in enumerate(waits):
-        if number and not _deferred_left(engine, issue.id):
-            break
-        if wait:
-            time.sleep(wait)
+    for number in range(1 + len(policy.retry_delays)):
+        if number:  # an in-run retry pass, when a deferred delivery falls due soon enough
+            wake = _next_retry_at(engine, issue.id)
+            if wake is None:
+                break
+            pause = (wake - utcnow()).total_seconds()
+            if pause > policy.retry_delays[number - 1] * 1.5:
+                break  # too far off: a later `newsletter send` retries it
+            time.sleep(max(pause, 0.0))
         total = _due_count(engine, issue.id)
         if total == 0:
             continue
@@ -153,12 +156,13 @@ def _due_count(engine: Engine, issue_id: int) -> int:
         return conn.execute(query).scalar_one()
 
 
-def _deferred_left(engine: Engine, issue_id: int) -> bool:
-    query = sa.select(sa.func.count()).where(
+def _next_retry_at(engine: Engine, issue_id: int) -> datetime | None:
+    """When the earliest deferred delivery of the issue falls due, if any is deferred."""
+    query = sa.select(sa.func.min(D.c.next_attempt_at)).where(
         D.c.issue_id == issue_id, D.c.status == DeliveryStatus.DEFERRED
     )
     with engine.connect() as conn:
-        return conn.execute(query).scalar_one() > 0
+        return conn.execute(query).scalar()
 
 
 def _finish_if_done(engine: Engine, issue_id: int) -> bool:

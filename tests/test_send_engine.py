@@ -114,8 +114,12 @@ def test_only_active_subscribers_are_mailed(tmp_path: Path) -> None:
     settings = settings_for(tmp_path)
     engine = database(settings)
     add_subscribers(engine, ["on@example.org"])
-    for status in (SubscriberStatus.UNSUBSCRIBED, SubscriberStatus.BOUNCED,
-                   SubscriberStatus.COMPLAINED, SubscriberStatus.PENDING):
+    for status in (
+        SubscriberStatus.UNSUBSCRIBED,
+        SubscriberStatus.BOUNCED,
+        SubscriberStatus.COMPLAINED,
+        SubscriberStatus.PENDING,
+    ):
         add_subscribers(engine, [f"{status}@example.org"], status=status)
     transport = MemoryTransport()
     _send(engine, settings, transport)

@@ -57,7 +57,9 @@ def test_every_subscriber_gets_one_well_formed_message(
         assert re.fullmatch(r"<[^@>]+@endseclusion\.org>", msg["Message-ID"])
         ids.add(msg["Message-ID"])
         unsubscribe = msg["List-Unsubscribe"]
-        assert re.fullmatch(r"<https://news\.endseclusion\.org/unsubscribe/[\w-]{22,}>", unsubscribe)
+        assert re.fullmatch(
+            r"<https://news\.endseclusion\.org/unsubscribe/[\w-]{22,}>", unsubscribe
+        )
         assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
         assert msg["List-Id"] and msg["Precedence"] == "bulk"
         url = unsubscribe[1:-1]
@@ -103,9 +105,7 @@ def test_non_ascii_subject_is_rfc2047_encoded(tmp_path: Path, smtp_server: SMTPS
     assert "\n" not in subject and "\r" not in subject
 
 
-def test_hard_bounce_suppresses_and_others_still_get_it(
-    tmp_path: Path, make_smtp_server
-) -> None:  # type: ignore[no-untyped-def]
+def test_hard_bounce_suppresses_and_others_still_get_it(tmp_path: Path, make_smtp_server) -> None:  # type: ignore[no-untyped-def]
     server = make_smtp_server(rcpt_replies={"gone@": "550 5.1.1 User unknown"})
     settings, engine = _setup(tmp_path, server, ["gone@example.org", *many(3)])
     result = _run(engine, settings)

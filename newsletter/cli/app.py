@@ -30,10 +30,10 @@ pass_app = click.make_pass_decorator(App)
 
 
 def fail(exc: NewsletterError) -> None:
-    """Print a NewsletterError as one line (plus a hint line) and exit 1."""
-    click.secho(f"Error: {exc.message}", fg="red", err=True)
-    if exc.hint:
-        click.echo(f"Hint: {exc.hint}", err=True)
+    """Print a NewsletterError as one line (message, then the hint) and exit 1."""
+    message = " ".join(exc.message.split())
+    hint = f" ({exc.hint})" if exc.hint else ""
+    click.secho(f"Error: {message}{hint}", fg="red", err=True)
     sys.exit(1)
 
 
