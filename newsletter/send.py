@@ -101,6 +101,7 @@ def deliver(
     progress: ProgressFactory = _no_progress,
     policy: Policy | None = None,
     resumed: bool = False,
+    use_processes: bool = False,
 ) -> IssueResult:
     """Send every due delivery of `issue`, with in-run retries of deferred ones."""
     assert issue.id is not None and settings.from_address is not None
@@ -130,6 +131,7 @@ def deliver(
             issue_created=issue.created_at,
             policy=policy,
             report=report,
+            use_processes=use_processes,
         )
         with progress(total, label) as tick:
             sender.progress = tick
@@ -244,6 +246,8 @@ def run_send(
 ) -> SendResult:
     """The whole `newsletter send`. Raises NewsletterError before anything is sent."""
     settings.require("feed_url", "from_address", "postal_address")
+    # Real SMTP connections run in child processes (threads gain little under the GIL).
+    use_processes = factory is None and settings.smtp is not None
     factory = factory or transport_factory(settings)
     result = SendResult()
     feed, fetched = read_feed(engine, settings)
@@ -290,7 +294,13 @@ def run_send(
             result.notes.append(f"{reopened} deliveries put back in the queue.")
         for issue in issue_store.unfinished_issues(engine):
             done = deliver(
-                engine, settings, issue, factory=factory, progress=progress, resumed=True
+                engine,
+                settings,
+                issue,
+                factory=factory,
+                progress=progress,
+                resumed=True,
+                use_processes=use_processes,
             )
             result.issues.append(done)
             if done.report.stopped is not None:
@@ -314,7 +324,14 @@ def run_send(
                 f"{created.skipped} older new stories were left out (--max-stories "
                 f"{options.max_stories}) and recorded as sent."
             )
-        done = deliver(engine, settings, created.issue, factory=factory, progress=progress)
+        done = deliver(
+            engine,
+            settings,
+            created.issue,
+            factory=factory,
+            progress=progress,
+            use_processes=use_processes,
+        )
         result.issues.append(done)
         result.error = done.report.stopped
     return result

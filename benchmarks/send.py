@@ -1,0 +1,196 @@
+"""How fast `newsletter send` delivers one issue, against baselines measured in the same run.
+
+Runs Postfix's `smtp-sink` on 127.0.0.1 (Debian package `postfix`; only the
+sink program, never the daemon) and sends the sample issue to N generated
+subscribers. Printed for each N:
+
+- newsletter send: messages/s (bookkeeping included: every message is
+  recorded in SQLite before and after it is handed to the server) and the
+  peak memory of the process;
+- bare smtplib: one connection, a loop pushing the same bytes, no database;
+- smtp-source: Postfix's C load generator with 8 sessions (the machine's limit).
+
+Usage: python benchmarks/send.py [--sizes 10000,100000] [--connections 4]
+Timings vary on shared machines: read the ratios, which are measured side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import smtplib
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FEED = ROOT / "examples" / "aasr-feed.xml"
+SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_sink() -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    user = ["-u", "nobody"] if os.geteuid() == 0 else []
+    proc = subprocess.Popen([SINK, *user, f"127.0.0.1:{port}", "1024"])
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise SystemExit("smtp-sink did not start")
+
+
+def env_for(workdir: Path, port: int, connections: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    env.update(
+        NEWSLETTER_FEED_URL=str(FEED),
+        NEWSLETTER_DATABASE_URL=f"sqlite:///{workdir / 'bench.db'}",
+        NEWSLETTER_SMTP_URL=f"smtp://127.0.0.1:{port}",
+        NEWSLETTER_SMTP_CONNECTIONS=str(connections),
+        NEWSLETTER_FROM="AASR <news@endseclusion.org>",
+        NEWSLETTER_POSTAL_ADDRESS="PO Box 1, Springfield",
+        NEWSLETTER_RETRY_DELAYS="0",
+        PYTHONPATH=str(ROOT),
+    )
+    return env
+
+
+def make_subscribers(workdir: Path, env: dict[str, str], count: int) -> None:
+    """A migrated database with `count` active subscribers (bulk insert, not timed)."""
+    subprocess.run(
+        [sys.executable, "-m", "newsletter", "status"], env=env, cwd=workdir, check=True,
+        capture_output=True,
+    )
+    db = sqlite3.connect(workdir / "bench.db")
+    now = "2026-01-01 00:00:00.000000"
+    db.executemany(
+        "INSERT INTO subscriber (email, email_key, name, status, token, created_at, updated_at)"
+        " VALUES (?, ?, ?, 'active', ?, ?, ?)",
+        (
+            (f"reader{i}@example.org", f"reader{i}@example.org", f"Reader {i}",
+             secrets.token_urlsafe(16), now, now)
+            for i in range(count)
+        ),
+    )
+    db.commit()
+    db.close()
+
+
+def run_newsletter(workdir: Path, env: dict[str, str]) -> tuple[float, float, str]:
+    """`newsletter send` in a child process: seconds, peak RSS in MB, and its output."""
+    code = (
+        "import resource, runpy, sys, time, json\n"
+        "sys.argv = ['newsletter', 'send']\n"
+        "t = time.perf_counter()\n"
+        "try:\n"
+        "    runpy.run_module('newsletter', run_name='__main__')\n"
+        "except SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        "elapsed = time.perf_counter() - t\n"
+        "rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
+        "print(json.dumps({'elapsed': elapsed, 'rss': rss}), file=sys.stderr)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=workdir, capture_output=True, text=True
+    )
+    if done.returncode:
+        raise SystemExit(f"newsletter send failed:\n{done.stdout}\n{done.stderr}")
+    figures = json.loads(done.stderr.strip().splitlines()[-1])
+    return figures["elapsed"], figures["rss"], done.stdout
+
+
+def one_message(workdir: Path) -> bytes:
+    """The bytes of one real message of the issue (as the outbox would write them)."""
+    outbox = workdir / "sample-outbox"
+    env = env_for(workdir, 1, 1)
+    env.pop("NEWSLETTER_SMTP_URL")
+    env["NEWSLETTER_DATABASE_URL"] = f"sqlite:///{workdir / 'sample.db'}"
+    env["NEWSLETTER_OUTBOX"] = str(outbox)
+    subprocess.run([sys.executable, "-m", "newsletter", "subscribers", "add", "one@example.org"],
+                   env=env, cwd=workdir, check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "newsletter", "send"], env=env, cwd=workdir,
+                   check=True, capture_output=True)
+    return next(outbox.glob("*.eml")).read_bytes()
+
+
+def bare_smtplib(port: int, data: bytes, count: int) -> float:
+    """Messages/s of a plain smtplib loop over one connection (no database at all)."""
+    smtp = smtplib.SMTP("127.0.0.1", port, timeout=30)
+    start = time.perf_counter()
+    for i in range(count):
+        smtp.sendmail("news@endseclusion.org", [f"reader{i}@example.org"], data)
+    elapsed = time.perf_counter() - start
+    smtp.quit()
+    return count / elapsed
+
+
+def smtp_source(port: int, size: int, count: int, sessions: int = 8) -> float | None:
+    if not Path(SOURCE).exists():
+        return None
+    start = time.perf_counter()
+    subprocess.run(
+        [SOURCE, "-s", str(sessions), "-m", str(count), "-l", str(size),
+         "-f", "news@endseclusion.org", "-t", "reader@example.org", f"127.0.0.1:{port}"],
+        check=True, capture_output=True,
+    )
+    return count / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10000,100000")
+    parser.add_argument("--connections", type=int, default=4)
+    args = parser.parse_args()
+    if not Path(SINK).exists():
+        raise SystemExit("needs Postfix's smtp-sink (Debian package postfix)")
+    sizes = [int(s) for s in args.sizes.split(",")]
+    sink, port = start_sink()
+    rows = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-send-") as tmp:
+            data = one_message(Path(tmp))
+            print(f"message size: {len(data) / 1024:.1f} KB, smtp-sink on 127.0.0.1:{port}")
+            for n in sizes:
+                workdir = Path(tmp) / f"n{n}"
+                workdir.mkdir()
+                env = env_for(workdir, port, args.connections)
+                make_subscribers(workdir, env, n)
+                elapsed, rss, out = run_newsletter(workdir, env)
+                if f"{n} sent" not in out:
+                    raise SystemExit(f"not everything was sent:\n{out}")
+                ours = n / elapsed
+                bare = bare_smtplib(port, data, min(n, 20000))
+                source = smtp_source(port, len(data), min(n, 50000))
+                rows.append((n, ours, rss, bare, source))
+    finally:
+        sink.terminate()
+        sink.wait()
+    print()
+    print(f"{'subscribers':>11} {'newsletter msg/s':>16} {'peak MB':>8} "
+          f"{'bare smtplib':>13} {'ratio':>6} {'smtp-source x8':>15} {'of limit':>9}")
+    for n, ours, rss, bare, source in rows:
+        src = f"{source:15.0f}" if source else f"{'n/a':>15}"
+        limit = f"{ours / source:9.2f}" if source else f"{'n/a':>9}"
+        print(f"{n:>11} {ours:16.0f} {rss:8.0f} {bare:13.0f} {ours / bare:6.2f} {src} {limit}")
+    print(f"\nnewsletter send: {args.connections} SMTP connections, SQLite bookkeeping per message;"
+          " ratio = newsletter / bare smtplib loop (aim: above 1.5).")
+
+
+if __name__ == "__main__":
+    main()

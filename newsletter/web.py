@@ -1,0 +1,325 @@
+"""The subscriber-facing web app (`newsletter serve`): unsubscribe, signup, archive.
+
+An edge like the CLI: each route parses its input, calls one core function and
+renders a page; every NewsletterError becomes a page in one place
+(`_error_page`). Rules kept here, because mail scanners and bots visit too:
+
+- a GET never changes anything; only a POST unsubscribes or confirms;
+- the token in the URL is the only authority: no cookie, login or CSRF token,
+  so RFC 8058 one-click POSTs (urlencoded or multipart) work as sent;
+- an unknown, altered, truncated or expired token gets one generic 404 page;
+- tokens never reach the access log (`TokenMaskingFilter`), referrers
+  (`Referrer-Policy: no-referrer`), caches (`no-store`) or search engines;
+- no JavaScript at all; the CSP forbids scripts outright.
+
+    create_app(settings, *, engine=None, factory=None, ...) -> FastAPI
+    log_config() -> dict            uvicorn logging with tokens masked
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+import sqlalchemy as sa
+from fastapi import FastAPI, Form, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse
+from sqlalchemy.engine import Engine
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from newsletter.addresses import AddressError
+from newsletter.config import Settings
+from newsletter.db import open_database
+from newsletter.errors import NewsletterError, SubscriberError, TokenError, TransportError
+from newsletter.models import SubscriberStatus
+from newsletter.signup import (
+    CONFIRM_TTL,
+    RateLimiter,
+    confirm_signup,
+    confirmation_pending,
+    expire_pending,
+    request_signup,
+    unsubscribe_status,
+)
+from newsletter.subscribers import unsubscribe_by_token
+from newsletter.templating import render_template
+from newsletter.transport import TransportFactory
+from newsletter.web_archive import archive_router
+
+log = logging.getLogger(__name__)
+
+ROBOTS = "noindex, nofollow"
+_BASE_CSP = (
+    "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; base-uri 'none'"
+)
+#: Our own pages: no script of any kind, never framed (clickjacking a one-click button).
+PAGE_CSP = _BASE_CSP + "; frame-ancestors 'none'"
+#: The signup form may be embedded in the organisation's own site.
+FORM_CSP = _BASE_CSP + "; frame-ancestors *"
+_TOKEN_PATH = re.compile(r"/(unsubscribe|confirm)/[^/?#\s\"]+")
+ONE_CLICK = "one-click"  # RFC 8058 body List-Unsubscribe=One-Click
+PAGE = "page"  # the button on our unsubscribe page
+
+
+def mask_tokens(text: str) -> str:
+    """Replace every unsubscribe/confirm token in `text` by '***'."""
+    return _TOKEN_PATH.sub(lambda m: f"/{m.group(1)}/***", text)
+
+
+def is_token_path(path: str) -> bool:
+    return _TOKEN_PATH.search(path) is not None or path.rstrip("/") in (
+        "/unsubscribe",
+        "/confirm",
+    )
+
+
+class TokenMaskingFilter(logging.Filter):
+    """Masks tokens in uvicorn's access log lines (their path is the 3rd argument)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(mask_tokens(a) if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.msg, str):
+            record.msg = mask_tokens(record.msg)
+        return True
+
+
+def log_config() -> dict[str, Any]:
+    """uvicorn's default logging, with tokens masked on the access logger itself."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["mask_tokens"] = {"()": TokenMaskingFilter}
+    config["loggers"]["uvicorn.access"]["filters"] = ["mask_tokens"]
+    return config
+
+
+class Pages:
+    """Renders templates/web/* with what every page needs (list name, URL root)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.root = urlsplit(settings.base_url).path.rstrip("/")
+
+    def render(
+        self, template: str, status: int = 200, /, *, noindex: bool = True, **context: Any
+    ) -> HTMLResponse:
+        base = {
+            "list_title": self.settings.list_title,
+            "postal_address": self.settings.postal_address or "",
+            "root": self.root,
+            "noindex": noindex,
+        }
+        html = render_template(self.settings, f"web/{template}", {**base, **context})
+        return HTMLResponse(html, status_code=status)
+
+    def not_found(self) -> HTMLResponse:
+        return self.render("not_found.html", 404)
+
+    def error(self, status: int, heading: str, message: str) -> HTMLResponse:
+        return self.render("error.html", status, heading=heading, message=message)
+
+    def subscribe_form(self, status: int = 200, **values: str) -> HTMLResponse:
+        context = {"email": "", "name": "", "error": None, **values}
+        return self.render("subscribe.html", status, noindex=False, **context)
+
+
+def client_ip(request: Request) -> str:
+    """The visitor's IP (uvicorn applies X-Forwarded-For from trusted proxies)."""
+    return request.client.host if request.client else "unknown"
+
+
+def create_app(
+    settings: Settings,
+    *,
+    engine: Engine | None = None,
+    factory: TransportFactory | None = None,
+    signup_limit: int = 5,
+    signup_window: float = 600.0,
+) -> FastAPI:
+    """The web app for `settings`; `engine` and `factory` default to the configured ones."""
+    settings.require("from_address")
+    engine = engine or open_database(settings.database_url)
+    pages = Pages(settings)
+    limiter = RateLimiter(signup_limit, signup_window)
+    stylesheet = render_template(settings, "web/site.css", {})
+    expire_pending(engine)
+    app = FastAPI(
+        title=f"{settings.list_title} newsletter",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+
+    # ---- headers and errors, once for every route ---------------------------
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next: Any) -> Response:
+        response: Response = await call_next(request)
+        path = request.url.path
+        headers = response.headers
+        headers.setdefault("X-Content-Type-Options", "nosniff")
+        headers.setdefault("Referrer-Policy", "no-referrer")
+        if path.rstrip("/") == "/subscribe":
+            headers.setdefault("Content-Security-Policy", FORM_CSP)
+        else:
+            headers.setdefault("Content-Security-Policy", PAGE_CSP)
+            headers.setdefault("X-Frame-Options", "DENY")
+        if is_token_path(path):
+            headers["Cache-Control"] = "no-store"
+            headers["X-Robots-Tag"] = ROBOTS
+        elif request.method == "POST":
+            headers["Cache-Control"] = "no-store"
+        return response
+
+    @app.exception_handler(NewsletterError)
+    async def _error_page(request: Request, exc: NewsletterError) -> Response:
+        if isinstance(exc, TokenError):
+            return pages.not_found()
+        if isinstance(exc, AddressError | SubscriberError):
+            form = getattr(request.state, "form", {})
+            reason = exc.reason if isinstance(exc, AddressError) else exc.message
+            error = f"Enter a valid email address, like name@example.com ({reason})."
+            return pages.subscribe_form(400, error=error, **form)
+        if isinstance(exc, TransportError):
+            log.warning("confirmation email not sent: %s", exc.message)
+            return pages.error(
+                503,
+                "We could not send the email",
+                "Our mail server did not accept the confirmation email just now. "
+                "Nothing was saved. Please try again in a few minutes.",
+            )
+        log.error("web request failed: %s", exc.message)
+        return pages.error(500, "Something went wrong", "Please try again later.")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 404:
+            return pages.not_found()
+        response = pages.error(exc.status_code, "This request cannot be handled", exc.detail)
+        response.headers.update(exc.headers or {})
+        return response
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception) -> Response:
+        # runs outside the middleware above (Starlette's ServerErrorMiddleware): set headers here
+        log.error("web request failed", exc_info=exc)
+        headers = {
+            "Content-Security-Policy": PAGE_CSP,
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer",
+            "Cache-Control": "no-store",
+        }
+        return HTMLResponse(
+            "<!DOCTYPE html><html lang='en'><title>Error</title><h1>Something went wrong</h1>"
+            "<p>Please try again later.</p></html>",
+            500,
+            headers=headers,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_request(request: Request, exc: RequestValidationError) -> Response:
+        return pages.error(400, "This request cannot be handled", "The form was not complete.")
+
+    # ---- service pages --------------------------------------------------------
+
+    @app.api_route("/health", methods=["GET", "HEAD"])
+    def health() -> JSONResponse:
+        try:
+            with engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+        except sa.exc.SQLAlchemyError:
+            return JSONResponse({"status": "error", "database": "unreachable"}, 503)
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/static/site.css")
+    def site_css() -> Response:
+        return Response(
+            stylesheet,
+            media_type="text/css",
+            headers={"Cache-Control": "public, max-age=3600"},
+        )
+
+    @app.get("/robots.txt")
+    def robots() -> PlainTextResponse:
+        return PlainTextResponse("User-agent: *\nDisallow: /unsubscribe/\nDisallow: /confirm/\n")
+
+    @app.get("/")
+    def home() -> RedirectResponse:
+        return RedirectResponse(f"{pages.root}/subscribe", status_code=303)
+
+    # ---- unsubscribe ------------------------------------------------------------
+
+    @app.api_route("/unsubscribe", methods=["GET", "HEAD"])
+    def unsubscribe_help() -> HTMLResponse:
+        """Where the archive's unsubscribe link leads: the personal link is in each email."""
+        return pages.render("unsubscribe_help.html", noindex=False)
+
+    @app.api_route("/unsubscribe/{token}", methods=["GET", "HEAD"])
+    def unsubscribe_page(token: str) -> HTMLResponse:
+        status = unsubscribe_status(engine, token)
+        if status is None:
+            raise TokenError("unknown unsubscribe token")
+        if status in SubscriberStatus.SUPPRESSED:
+            return pages.render("unsubscribed.html")
+        return pages.render("unsubscribe.html")
+
+    @app.post("/unsubscribe/{token}")
+    def unsubscribe(
+        token: str,
+        one_click: Annotated[str, Form(alias="List-Unsubscribe")] = "",
+    ) -> HTMLResponse:
+        method = ONE_CLICK if one_click.strip().lower() == ONE_CLICK else PAGE
+        if unsubscribe_by_token(engine, token, method=method) is None:
+            raise TokenError("unknown unsubscribe token")
+        return pages.render("unsubscribed.html")
+
+    # ---- signup -------------------------------------------------------------------
+
+    @app.api_route("/subscribe", methods=["GET", "HEAD"])
+    def subscribe_form() -> HTMLResponse:
+        return pages.subscribe_form()
+
+    @app.post("/subscribe")
+    def subscribe(
+        request: Request,
+        email: Annotated[str, Form(max_length=1000)] = "",
+        name: Annotated[str, Form(max_length=1000)] = "",
+        website: Annotated[str, Form(max_length=1000)] = "",
+    ) -> HTMLResponse:
+        request.state.form = {"email": email.strip(), "name": name.strip()}
+        if not limiter.allow(client_ip(request)):
+            response = pages.error(
+                429,
+                "Too many signups",
+                "Too many signups came from your connection in the last few minutes. "
+                "Please try again in 10 minutes.",
+            )
+            response.headers["Retry-After"] = str(int(signup_window))
+            return response
+        if website.strip():  # the honeypot: a person never sees it
+            log.info("signup ignored: honeypot field filled")
+        else:
+            request_signup(engine, settings, email, name or None, factory=factory)
+        return pages.render("subscribe_sent.html", expires_days=CONFIRM_TTL.days)
+
+    @app.api_route("/confirm/{token}", methods=["GET", "HEAD"])
+    def confirm_page(token: str) -> HTMLResponse:
+        if not confirmation_pending(engine, token):
+            raise TokenError("unknown or expired confirm token")
+        return pages.render("confirm.html")
+
+    @app.post("/confirm/{token}")
+    def confirm(request: Request, token: str) -> HTMLResponse:
+        confirm_signup(engine, token, ip=client_ip(request))
+        return pages.render("confirmed.html")
+
+    app.include_router(archive_router(settings, engine, pages))
+    return app

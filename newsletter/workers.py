@@ -1,0 +1,116 @@
+"""SMTP workers: one connection each, in a thread or a child process, fed over a pipe.
+
+The parent (delivery.Sender) keeps the database and does the bookkeeping;
+a worker only pushes bytes and reports what the server said. SMTP sends are
+run in child processes because smtplib is CPU-bound enough that threads add
+little under the GIL; the in-memory and outbox transports stay in threads.
+
+Messages on the pipe, parent -> worker: `(rcpt, data)` or `None` (stop).
+Worker -> parent: one of
+    ("reply", code, text)        the server's answer for that message
+    ("lost", detail)             the connection died after the body: unknown
+    ("down", message)            the server cannot be used (TransportError)
+    ("crash", detail)            anything else; the run stops
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import threading
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+from newsletter.errors import TransportError
+from newsletter.transport import BaseTransport, ConnectionLost, Reply, TransportFactory
+
+#: Pauses before reconnecting after a 421 or a connection lost before the body.
+RECONNECT_DELAYS = (0.5, 2.0, 5.0)
+
+
+def send_one(transport: BaseTransport, mail_from: str, rcpt: str, data: bytes) -> tuple[Any, ...]:
+    """Send with reconnects on 421 and early drops; the answer to put on the pipe."""
+    reply = Reply(421, "not tried")
+    for delay in (*RECONNECT_DELAYS, None):
+        try:
+            reply = transport.send(mail_from, rcpt, data)
+        except ConnectionLost as lost:
+            if lost.after_body:
+                return ("lost", f"connection lost after the message was sent: {lost}")
+            reply = Reply(421, f"connection lost: {lost}")
+        except TransportError as exc:
+            return ("down", exc.message)
+        if reply.code != 421:
+            return ("reply", reply.code, reply.text)
+        transport.close()
+        if delay is not None:
+            time.sleep(delay)
+    return ("down", f"the SMTP server keeps closing the connection: {reply}")
+
+
+def worker_loop(
+    conn: Connection, factory: TransportFactory, mail_from: str, max_per_connection: int
+) -> None:
+    """Serve send requests until told to stop; always answers every request once."""
+    transport = factory()
+    count = 0
+    try:
+        while True:
+            job = conn.recv()
+            if job is None:
+                break
+            rcpt, data = job
+            try:
+                answer = send_one(transport, mail_from, rcpt, data)
+            except BaseException as exc:  # noqa: BLE001 - reported, the parent stops the run
+                conn.send(("crash", repr(exc)))
+                break
+            conn.send(answer)
+            count += 1
+            if count >= max_per_connection:
+                transport.close()
+                count = 0
+    except (EOFError, OSError):
+        pass  # the parent went away
+    finally:
+        try:
+            transport.close()
+        finally:
+            conn.close()
+
+
+class Worker:
+    """The parent's end of one worker: `submit`, then read `conn` when it is ready."""
+
+    def __init__(
+        self,
+        factory: TransportFactory,
+        mail_from: str,
+        *,
+        use_process: bool,
+        max_per_connection: int,
+        name: str,
+    ) -> None:
+        self.conn, child = multiprocessing.Pipe()
+        args = (child, factory, mail_from, max_per_connection)
+        if use_process:
+            # fork: the factory (a closure over the settings) needs no pickling.
+            context = multiprocessing.get_context("fork")
+            self.runner: Any = context.Process(
+                target=worker_loop, args=args, name=name, daemon=True
+            )
+        else:
+            self.runner = threading.Thread(target=worker_loop, args=args, name=name, daemon=True)
+        self.runner.start()
+        if use_process:
+            child.close()  # the child has its own copy
+
+    def submit(self, rcpt: str, data: bytes) -> None:
+        self.conn.send((rcpt, data))
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self.conn.send(None)
+        self.runner.join(timeout=30)
+        self.conn.close()
