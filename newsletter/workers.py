@@ -5,7 +5,9 @@ a worker only pushes bytes and reports what the server said. SMTP sends are
 run in child processes because smtplib is CPU-bound enough that threads add
 little under the GIL; the in-memory and outbox transports stay in threads.
 
-Messages on the pipe, parent -> worker: `(rcpt, data)` or `None` (stop).
+Messages on the pipe, parent -> worker: `(email, name, token, message_id, date)`, or
+`None` (stop). The worker fills in the issue's message itself (its own copy of the
+MessageTemplate), so only a few short strings cross the pipe per message.
 Worker -> parent: one of
     ("reply", code, text)        the server's answer for that message
     ("lost", detail)             the connection died after the body: unknown
@@ -23,6 +25,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from newsletter.errors import TransportError
+from newsletter.message import MessageTemplate
 from newsletter.transport import BaseTransport, ConnectionLost, Reply, TransportFactory
 
 #: Pauses before reconnecting after a 421 or a connection lost before the body.
@@ -50,7 +53,11 @@ def send_one(transport: BaseTransport, mail_from: str, rcpt: str, data: bytes) -
 
 
 def worker_loop(
-    conn: Connection, factory: TransportFactory, mail_from: str, max_per_connection: int
+    conn: Connection,
+    factory: TransportFactory,
+    template: MessageTemplate,
+    mail_from: str,
+    max_per_connection: int,
 ) -> None:
     """Serve send requests until told to stop; always answers every request once."""
     transport = factory()
@@ -60,9 +67,10 @@ def worker_loop(
             job = conn.recv()
             if job is None:
                 break
-            rcpt, data = job
+            email, name, token, message_id, date = job
             try:
-                answer = send_one(transport, mail_from, rcpt, data)
+                data = template.personalise(email, name, token, message_id=message_id, date=date)
+                answer = send_one(transport, mail_from, email, data)
             except BaseException as exc:  # noqa: BLE001 - reported, the parent stops the run
                 conn.send(("crash", repr(exc)))
                 break
@@ -86,6 +94,7 @@ class Worker:
     def __init__(
         self,
         factory: TransportFactory,
+        template: MessageTemplate,
         mail_from: str,
         *,
         use_process: bool,
@@ -93,7 +102,7 @@ class Worker:
         name: str,
     ) -> None:
         self.conn, child = multiprocessing.Pipe()
-        args = (child, factory, mail_from, max_per_connection)
+        args = (child, factory, template, mail_from, max_per_connection)
         if use_process:
             # fork: the factory (a closure over the settings) needs no pickling.
             context = multiprocessing.get_context("fork")
@@ -106,8 +115,8 @@ class Worker:
         if use_process:
             child.close()  # the child has its own copy
 
-    def submit(self, rcpt: str, data: bytes) -> None:
-        self.conn.send((rcpt, data))
+    def submit(self, email: str, name: str | None, token: str, message_id: str, date: str) -> None:
+        self.conn.send((email, name, token, message_id, date))
 
     def stop(self) -> None:
         with contextlib.suppress(OSError):
