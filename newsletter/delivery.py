@@ -16,12 +16,12 @@ never `pending`: the server may have them.
 from __future__ import annotations
 
 import random
+import selectors
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from multiprocessing.connection import wait
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -150,7 +150,6 @@ class Sender:
         template: MessageTemplate,
         factory: TransportFactory,
         *,
-        mail_from: str,
         issue_created: datetime,
         policy: Policy,
         report: Report,
@@ -160,7 +159,6 @@ class Sender:
         self.engine = engine
         self.template = template
         self.factory = factory
-        self.mail_from = mail_from
         self.policy = policy
         self.report = report
         self.progress = progress
@@ -174,7 +172,6 @@ class Sender:
             Worker(
                 self.factory,
                 self.template,
-                self.mail_from,
                 use_process=self.use_processes,
                 max_per_connection=self.policy.max_per_connection,
                 name=f"smtp-{n}",
@@ -182,6 +179,9 @@ class Sender:
             for n in range(self.policy.connections)
         ]
         conn = self.engine.connect().execution_options(sqlite_begin="IMMEDIATE")
+        selector = selectors.DefaultSelector()  # kept for the run: cheaper than wait() per round
+        for worker in workers:
+            selector.register(worker.conn, selectors.EVENT_READ, worker)
         busy: dict[Worker, Recipient] = {}
         finished: list[Finished] = []
         source = iter(recipients)
@@ -205,16 +205,24 @@ class Sender:
                         continue
                     self.limiter.wait()
                     worker.submit(
-                        recipient.email, recipient.name, recipient.token, message_id, message_date()
+                        recipient.delivery_id,
+                        recipient.email,
+                        recipient.name,
+                        recipient.token,
+                        message_id,
+                        message_date(),
                     )
                     busy[worker] = recipient
                 if not busy:
                     if exhausted or self.stop.is_set():
                         break
                     continue  # every start was skipped: fetch more
-                for ready in wait([w.conn for w in busy]):
-                    worker = next(w for w in busy if w.conn is ready)
-                    recipient = busy.pop(worker)
+                for key, _events in selector.select():
+                    worker = key.data
+                    recipient = busy.pop(worker, None)
+                    if recipient is None:  # not waiting on it: a dead worker's EOF
+                        selector.unregister(worker.conn)
+                        continue
                     finished.append(self._answer(worker, recipient))
         except BaseException:
             self.stop.set()  # Ctrl-C: what is in flight stays `sending` -> unknown
@@ -225,6 +233,7 @@ class Sender:
                     self.book.commit(conn, finished, [])
             finally:
                 conn.close()
+                selector.close()
                 for worker in workers:
                     worker.stop()
 

@@ -28,6 +28,7 @@ from newsletter.models import Delivery, DeliveryStatus, Issue, IssueStatus, Stor
 from newsletter.render import UNSUBSCRIBE_URL
 from newsletter.sendlock import SendLockHolder
 from newsletter.transport import TransportFactory, transport_factory
+from newsletter.verp import envelope_sender
 
 D = Delivery.__table__
 ProgressFactory = Callable[[int, str], AbstractContextManager[Callable[[int], None]]]
@@ -127,7 +128,6 @@ def deliver(
             engine,
             template,
             factory,
-            mail_from=settings.from_address.addr_spec,
             issue_created=issue.created_at,
             policy=policy,
             report=report,
@@ -230,7 +230,7 @@ def send_test_copy(
         to, None, "test-copy", message_id=template.new_message_id(), date=message_date()
     )
     with factory() as transport:
-        reply = transport.send(settings.from_address.addr_spec, to, data)
+        reply = transport.send(envelope_sender(settings, None), to, data)
     if not reply.ok:
         raise NewsletterError(f"the test copy to {to} was refused: {reply}")
     return str(reply)

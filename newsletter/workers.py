@@ -5,7 +5,7 @@ a worker only pushes bytes and reports what the server said. SMTP sends are
 run in child processes because smtplib is CPU-bound enough that threads add
 little under the GIL; the in-memory and outbox transports stay in threads.
 
-Messages on the pipe, parent -> worker: `(email, name, token, message_id, date)`, or
+Messages on the pipe, parent -> worker: `(delivery_id, email, name, token, message_id, date)`, or
 `None` (stop). The worker fills in the issue's message itself (its own copy of the
 MessageTemplate), so only a few short strings cross the pipe per message.
 Worker -> parent: one of
@@ -27,6 +27,7 @@ from typing import Any
 from newsletter.errors import TransportError
 from newsletter.message import MessageTemplate
 from newsletter.transport import BaseTransport, ConnectionLost, Reply, TransportFactory
+from newsletter.verp import envelope_sender
 
 #: Pauses before reconnecting after a 421 or a connection lost before the body.
 RECONNECT_DELAYS = (0.5, 2.0, 5.0)
@@ -56,7 +57,6 @@ def worker_loop(
     conn: Connection,
     factory: TransportFactory,
     template: MessageTemplate,
-    mail_from: str,
     max_per_connection: int,
 ) -> None:
     """Serve send requests until told to stop; always answers every request once."""
@@ -67,9 +67,10 @@ def worker_loop(
             job = conn.recv()
             if job is None:
                 break
-            email, name, token, message_id, date = job
+            delivery_id, email, name, token, message_id, date = job
             try:
                 data = template.personalise(email, name, token, message_id=message_id, date=date)
+                mail_from = envelope_sender(template.settings, delivery_id)
                 answer = send_one(transport, mail_from, email, data)
             except BaseException as exc:  # noqa: BLE001 - reported, the parent stops the run
                 conn.send(("crash", repr(exc)))
@@ -95,14 +96,13 @@ class Worker:
         self,
         factory: TransportFactory,
         template: MessageTemplate,
-        mail_from: str,
         *,
         use_process: bool,
         max_per_connection: int,
         name: str,
     ) -> None:
         self.conn, child = multiprocessing.Pipe()
-        args = (child, factory, template, mail_from, max_per_connection)
+        args = (child, factory, template, max_per_connection)
         if use_process:
             # fork: the factory (a closure over the settings) needs no pickling.
             context = multiprocessing.get_context("fork")
@@ -115,8 +115,10 @@ class Worker:
         if use_process:
             child.close()  # the child has its own copy
 
-    def submit(self, email: str, name: str | None, token: str, message_id: str, date: str) -> None:
-        self.conn.send((email, name, token, message_id, date))
+    def submit(
+        self, delivery_id: int, email: str, name: str | None, token: str, message_id: str, date: str
+    ) -> None:
+        self.conn.send((delivery_id, email, name, token, message_id, date))
 
     def stop(self) -> None:
         with contextlib.suppress(OSError):

@@ -152,6 +152,19 @@ class _Handler:
     def __init__(self, owner: SMTPServer) -> None:
         self.owner = owner
 
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        if self.owner.pipelining:
+            responses.insert(1, "250-PIPELINING")
+        return responses
+
     async def handle_MAIL(
         self,
         server: SMTP,
@@ -269,6 +282,7 @@ class SMTPServer:
         tls: TLSMode = None,
         require_starttls: bool = False,
         data_size_limit: int = DEFAULT_DATA_SIZE_LIMIT,
+        pipelining: bool = True,
         **behaviour: Any,
     ) -> None:
         if tls not in (None, "starttls", "implicit"):
@@ -278,6 +292,8 @@ class SMTPServer:
         self.tls: TLSMode = tls
         self.require_starttls = require_starttls
         self.data_size_limit = data_size_limit
+        #: advertise RFC 2920 PIPELINING in EHLO (aiosmtpd reads pipelined commands fine)
+        self.pipelining = pipelining
         self.port = 0
         self._lock = threading.Condition(threading.RLock())
         self._behaviour = Behaviour(**behaviour)

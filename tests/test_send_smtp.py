@@ -244,3 +244,17 @@ def test_dot_stuffing_keeps_lines_that_start_with_a_dot(smtp_server: SMTPServer)
         )
     assert reply.ok
     assert smtp_server.messages[0].data.endswith(b"\r\n.\r\n..two\r\nend\r\n")
+
+
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "one-by-one"])
+def test_both_envelope_styles_handle_refusals(tmp_path: Path, make_smtp_server, pipelining) -> None:  # type: ignore[no-untyped-def]
+    server = make_smtp_server(
+        pipelining=pipelining,
+        rcpt_replies={"gone@": "550 5.1.1 User unknown", "grey@": "450 4.2.0 Busy"},
+    )
+    settings, engine = _setup(tmp_path, server, ["gone@example.org", "grey@example.org", *many(3)])
+    result = _run(engine, settings)
+    report = result.issues[0].report
+    assert (report.sent, report.bounced, report.deferred) == (3, 1, 1)
+    assert sorted(server.recipients()) == many(3)
+    assert all(not m.dropped for m in server.messages)

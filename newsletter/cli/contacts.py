@@ -106,7 +106,7 @@ def list_command(app: App, status: str | None) -> None:
 def export_command(app: App, file: Path | None) -> None:
     """Export every subscriber as CSV to FILE (standard output by default)."""
     if file is None:
-        count = export_csv(app.engine, click.get_text_stream("stdout"))
+        count = export_csv(app.engine, sys.stdout)
         click.echo(f"Exported {count} subscribers.", err=True)
         return
     part = file.with_name(file.name + ".part")

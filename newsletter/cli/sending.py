@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,15 +18,26 @@ from newsletter.transport import describe_destination
 
 @contextmanager
 def _progress_bar(total: int, label: str) -> Iterator[Callable[[int], None]]:
-    """A click progress bar with rate and ETA (hidden when stderr is not a terminal)."""
+    """A click progress bar with position, rate and ETA (hidden when stderr is no terminal)."""
+    started = time.monotonic()
+    done = 0
+
     with click.progressbar(
         length=total,
         label=label,
         show_pos=True,
         show_eta=True,
-        file=click.get_text_stream("stderr"),
+        item_show_func=lambda rate: rate,
+        file=sys.stderr,
     ) as bar:
-        yield bar.update
+
+        def advance(steps: int) -> None:
+            nonlocal done
+            done += steps
+            elapsed = time.monotonic() - started
+            bar.update(steps, f"{done / elapsed:,.0f} msg/s" if elapsed > 0 else None)
+
+        yield advance
 
 
 def _print_result(app: App, result: SendResult, options: SendOptions) -> None:
