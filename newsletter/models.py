@@ -159,6 +159,9 @@ class Delivery(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)  # type: ignore[call-overload]
     sent_at: datetime | None = _when()  # type: ignore[assignment]
     next_attempt_at: datetime | None = _when()  # type: ignore[assignment]
+    # Multi-worker sends (PostgreSQL): who claimed this delivery, until when.
+    claimed_by: str | None = Field(default=None, max_length=200)
+    lease_until: datetime | None = _when()  # type: ignore[assignment]
 
 
 class SendLock(SQLModel, table=True):
@@ -183,3 +186,53 @@ class FeedState(SQLModel, table=True):
     etag: str | None = Field(default=None, max_length=500)
     last_modified: str | None = Field(default=None, max_length=100)
     checked_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)  # type: ignore[call-overload]
+
+
+class SendWorker(SQLModel, table=True):
+    """A `newsletter send` process working on an issue (several may share one on PostgreSQL)."""
+
+    __tablename__ = "send_worker"
+
+    id: str = Field(primary_key=True, max_length=200)  # host:pid:random
+    host: str = Field(max_length=200)
+    pid: int
+    issue_id: int | None = Field(default=None, foreign_key="issue.id", index=True)
+    sent: int = 0
+    started_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)  # type: ignore[call-overload]
+    heartbeat_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)  # type: ignore[call-overload]
+
+
+class RateBudget(SQLModel, table=True):
+    """A send rate shared by every worker: each reserves its next slot here."""
+
+    __tablename__ = "rate_budget"
+
+    name: str = Field(primary_key=True, max_length=32)
+    next_slot_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)  # type: ignore[call-overload]
+
+
+class BounceKind:
+    HARD = "hard"  # 5.1.x, 5.2.1: suppress at once
+    SOFT = "soft"  # 4.x.x, mailbox full: suppress after 3 within 30 days
+    COMPLAINT = "complaint"  # ARF abuse report: suppress at once, forever
+    POLICY = "policy"  # 5.7.x: the sender's setup; suppress nobody, tell the admin
+    IGNORED = "ignored"  # auto-replies and anything that is not a bounce
+
+
+class BounceEvent(SQLModel, table=True):
+    """One bounce or complaint report, mapped to its delivery where possible."""
+
+    __tablename__ = "bounce_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    report_id: str = Field(max_length=500, unique=True, index=True)  # idempotent re-imports
+    kind: str = Field(max_length=16, index=True)
+    status_code: str | None = Field(default=None, max_length=16)  # e.g. 5.1.1
+    diagnostic: str | None = Field(default=None, max_length=1000)
+    recipient: str | None = Field(default=None, max_length=320)
+    delivery_id: int | None = Field(default=None, foreign_key="delivery.id", index=True)
+    subscriber_id: int | None = Field(default=None, foreign_key="subscriber.id", index=True)
+    issue_id: int | None = Field(default=None, foreign_key="issue.id", index=True)
+    source: str | None = Field(default=None, max_length=500)
+    received_at: datetime | None = _when()  # type: ignore[assignment]
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)  # type: ignore[call-overload]
