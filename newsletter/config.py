@@ -140,6 +140,10 @@ class Settings:
     retry_delays: tuple[float, ...] = (5.0, 30.0)
     retry_max_age_hours: float = 72.0
     list_name: str | None = None
+    dkim_private_key: Path | None = None
+    dkim_selector: str | None = None
+    bounce_address: str | None = None
+    bounce_imap_url: str | None = field(default=None, repr=False)
 
     def require(self, *names: str) -> None:
         """Raise ConfigError for the first of `names` (attribute names) left unset."""
@@ -193,6 +197,10 @@ ENV_NAMES = {
     "retry_delays": "NEWSLETTER_RETRY_DELAYS",
     "retry_max_age_hours": "NEWSLETTER_RETRY_MAX_AGE_HOURS",
     "list_name": "NEWSLETTER_LIST_NAME",
+    "dkim_private_key": "NEWSLETTER_DKIM_PRIVATE_KEY",
+    "dkim_selector": "NEWSLETTER_DKIM_SELECTOR",
+    "bounce_address": "NEWSLETTER_BOUNCE_ADDRESS",
+    "bounce_imap_url": "NEWSLETTER_BOUNCE_IMAP_URL",
 }
 
 
@@ -257,4 +265,24 @@ def load_settings(
         kwargs["retry_max_age_hours"] = _positive_float("NEWSLETTER_RETRY_MAX_AGE_HOURS", v)
     if (v := get("list_name")) is not None:
         kwargs["list_name"] = v
+    if (v := get("dkim_private_key")) is not None:
+        kwargs["dkim_private_key"] = Path(v)
+    if (v := get("dkim_selector")) is not None:
+        if not all(part.isalnum() or "-" in part or "_" in part for part in v.split(".")):
+            raise ConfigError(f"NEWSLETTER_DKIM_SELECTOR: {v!r} is not a DNS label like 'news2026'")
+        kwargs["dkim_selector"] = v
+    if (v := get("bounce_address")) is not None:
+        name, addr = parseaddr(v)
+        if "@" not in addr or name:
+            raise ConfigError(
+                f"NEWSLETTER_BOUNCE_ADDRESS: {v!r} is not a bare address like bounces@example.org"
+            )
+        kwargs["bounce_address"] = addr
+    if (v := get("bounce_imap_url")) is not None:
+        if urlsplit(v).scheme not in ("imaps", "imap+starttls"):
+            raise ConfigError(
+                "NEWSLETTER_BOUNCE_IMAP_URL: use imaps://user:pass@host/Mailbox "
+                "or imap+starttls://... (TLS is required)"
+            )
+        kwargs["bounce_imap_url"] = Secret(v)
     return Settings(**kwargs)  # type: ignore[arg-type]

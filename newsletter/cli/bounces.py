@@ -1,0 +1,1 @@
+"""`newsletter bounces` (being written)."""

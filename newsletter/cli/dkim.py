@@ -1,0 +1,1 @@
+"""`newsletter dkim` (being written)."""
