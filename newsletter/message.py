@@ -8,6 +8,10 @@ is a join of precomputed byte segments plus a few short encoded values.
 Quoted-printable soft line breaks (`=` CRLF) are legal anywhere, so each
 segment is encoded on its own and joined with soft breaks: a placeholder can
 never be split across lines, whatever its position.
+
+With DKIM settings, each message is signed as sent (newsletter.dkim); the key
+is loaded once per issue here, and the body is kept as shared "runs" joined by
+the per-reader URL so that the signer canonicalises the shared bytes once.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from email.policy import SMTP
 from email.utils import format_datetime, formataddr, make_msgid
 
 from newsletter.config import Settings
+from newsletter.dkim import MessageSigner, load_key
 from newsletter.render import UNSUBSCRIBE_URL
 from newsletter.sanitize import clean_text
 
@@ -65,11 +70,30 @@ class _Body:
         pieces = tuple(_qp(_crlf(piece)) for piece in text.split(UNSUBSCRIBE_URL))
         return cls(head, pieces)
 
-    def fill(self, url_qp: bytes) -> list[bytes]:
-        out = [self.head, self.pieces[0]]
+    def fill(self) -> list[bytes | None]:
+        """The part's segments; None where the encoded URL goes."""
+        out: list[bytes | None] = [self.head, self.pieces[0]]
         for piece in self.pieces[1:]:
-            out += [SOFT_BREAK, url_qp, SOFT_BREAK, piece]
+            out += [SOFT_BREAK, None, SOFT_BREAK, piece]
         return out
+
+
+def _runs(segments: list[bytes | None]) -> tuple[bytes, ...]:
+    """Join the fixed segments between the URL slots: body = url_qp.join(runs)."""
+    runs: list[bytes] = []
+    current: list[bytes] = []
+    for segment in segments:
+        if segment is None:
+            runs.append(b"".join(current))
+            current = []
+        else:
+            current.append(segment)
+    runs.append(b"".join(current))
+    return tuple(runs)
+
+
+#: The header fields personalise writes, in order, above the shared header block.
+_DYNAMIC = (b"To", b"Date", b"Message-ID", b"List-Unsubscribe")
 
 
 def header_safe(value: str, max_length: int = 200) -> str:
@@ -101,11 +125,23 @@ class MessageTemplate:
         static["Content-Type"] = f'multipart/alternative; boundary="{self.boundary}"'
         # Header block only: policy SMTP folds long lines and RFC 2047-encodes non-ASCII.
         self._static_headers = static.as_bytes(policy=SMTP).split(b"\r\n\r\n", 1)[0] + CRLF
-        self._text = _Body.build("text/plain", text)
-        self._html = _Body.build("text/html", html)
         b = self.boundary.encode("ascii")
-        self._open = b"\r\n--" + b + b"\r\n"
-        self._close = b"\r\n--" + b + b"--\r\n"
+        opening = b"\r\n--" + b + b"\r\n"
+        segments: list[bytes | None] = [b"This is a multi-part message in MIME format.\r\n"]
+        segments.append(opening[2:])
+        segments += _Body.build("text/plain", text).fill()
+        segments.append(opening)
+        segments += _Body.build("text/html", html).fill()
+        segments.append(b"\r\n--" + b + b"--\r\n")
+        self._runs = _runs(segments)
+        key = load_key(settings)  # once per issue; a bad key fails here, before any send
+        self._signer = (
+            MessageSigner(
+                key, dynamic_names=_DYNAMIC, static_headers=self._static_headers, runs=self._runs
+            )
+            if key is not None
+            else None
+        )
 
     def new_message_id(self) -> str:
         """A Message-ID unique per recipient, on the From domain (never the host name)."""
@@ -121,30 +157,34 @@ class MessageTemplate:
         date: str,
     ) -> bytes:
         """One recipient's complete message, CRLF line ends, ready for SMTP DATA."""
-        url = unsubscribe_url(self.settings, token)
+        url = unsubscribe_url(self.settings, token).encode("ascii")
         to = formataddr((header_safe(name), email), charset="utf-8") if name else email
+        values = (
+            to.encode("ascii"),
+            date.encode("ascii"),
+            message_id.encode("ascii"),
+            b"<" + url + b">",
+        )
         headers = b"".join(
             [
                 b"To: ",
-                to.encode("ascii"),
+                values[0],
                 b"\r\nDate: ",
-                date.encode("ascii"),
+                values[1],
                 b"\r\nMessage-ID: ",
-                message_id.encode("ascii"),
-                b"\r\nList-Unsubscribe: <",
-                url.encode("ascii"),
-                b">\r\n",
+                values[2],
+                b"\r\nList-Unsubscribe: ",
+                values[3],
+                b"\r\n",
                 self._static_headers,
             ]
         )
-        url_qp = _qp(url.encode("ascii"))
-        parts = [headers, b"\r\nThis is a multi-part message in MIME format.\r\n"]
-        parts.append(self._open[2:])
-        parts += self._text.fill(url_qp)
-        parts.append(self._open)
-        parts += self._html.fill(url_qp)
-        parts.append(self._close)
-        return b"".join(parts)
+        url_qp = _qp(url)
+        body = url_qp.join(self._runs)
+        if self._signer is None:
+            return b"".join([headers, CRLF, body])
+        signature = self._signer.signature(values, url_qp)
+        return b"".join([signature, headers, CRLF, body])
 
 
 def message_date(when: datetime | None = None) -> str:

@@ -40,6 +40,7 @@ from newsletter.config import Settings
 from newsletter.confirmation import build_confirmation
 from newsletter.db import read_session, write_session
 from newsletter.errors import TokenError, TransportError
+from newsletter.message import unsubscribe_url
 from newsletter.models import Subscriber, SubscriberStatus, Suppression, utcnow
 from newsletter.subscribers import new_token
 from newsletter.transport import ConnectionLost, TransportFactory, transport_factory
@@ -80,6 +81,7 @@ class _Issued:
     subscriber_id: int
     token: str
     created: bool
+    unsubscribe_token: str  # so the confirmation itself can be stopped with one click
 
 
 def _suppressed(session: Session, key: str) -> bool:
@@ -111,7 +113,7 @@ def _issue_token(
             session.add(sub)
             session.flush()
             assert sub.id is not None and sub.confirm_token is not None
-            return _Issued(sub.id, sub.confirm_token, created=True)
+            return _Issued(sub.id, sub.confirm_token, created=True, unsubscribe_token=sub.token)
         if sub.status in NEVER_AGAIN:
             return SignupResult(SignupOutcome.REFUSED, sub.email)
         if sub.status == SubscriberStatus.ACTIVE:
@@ -123,7 +125,7 @@ def _issue_token(
         sub.updated_at = now
         session.add(sub)
         assert sub.id is not None
-        return _Issued(sub.id, sub.confirm_token, created=False)
+        return _Issued(sub.id, sub.confirm_token, created=False, unsubscribe_token=sub.token)
 
 
 def _withdraw(engine: Engine, issued: _Issued) -> None:
@@ -139,11 +141,15 @@ def _withdraw(engine: Engine, issued: _Issued) -> None:
             session.add(sub)
 
 
-def _send(settings: Settings, factory: TransportFactory, email: str, token: str) -> None:
+def _send(settings: Settings, factory: TransportFactory, email: str, issued: _Issued) -> None:
     """Mail the confirmation link; TransportError when it surely did not leave."""
     assert settings.from_address is not None
     data = build_confirmation(
-        settings, email, confirm_url(settings, token), expires_days=CONFIRM_TTL.days
+        settings,
+        email,
+        confirm_url(settings, issued.token),
+        expires_days=CONFIRM_TTL.days,
+        unsubscribe_url=unsubscribe_url(settings, issued.unsubscribe_token),
     )
     try:
         with factory() as transport:
@@ -187,7 +193,7 @@ def request_signup(
     if isinstance(step, SignupResult):
         return step
     try:
-        _send(settings, factory or transport_factory(settings), addr.email, step.token)
+        _send(settings, factory or transport_factory(settings), addr.email, step)
     except TransportError:
         _withdraw(engine, step)
         raise
