@@ -55,4 +55,6 @@ class NewsletterGroup(click.Group):
 @click.pass_context
 def main(ctx: click.Context) -> None:
     """Turn the site's new stories into one email to every subscriber."""
+    if ctx.invoked_subcommand == "doctor":
+        return  # doctor loads the settings itself: a malformed one is a FAIL line, not an exit
     ctx.obj = App(load_settings())
