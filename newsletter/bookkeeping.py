@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 D = Delivery.__table__
 S = Subscriber.__table__
 REQUEUE = "requeue"  # not attempted after all: back to pending
+RETRIES = 5
+_RETRYABLE = {"40P01", "40001"}  # deadlock_detected, serialization_failure
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class Finished:
 _P = sa.bindparam
 _OPEN = (DeliveryStatus.PENDING, DeliveryStatus.DEFERRED)
 _ACTIVE = sa.select(S.c.id).where(S.c.id == _P("sid"), S.c.status == SubscriberStatus.ACTIVE)
+_FENCE = D.c.claimed_by == _P("me")  # shared sends: only the claimer may start it
 _CORE = {
     "start": sa.update(D)
     .where(D.c.id == _P("did"), D.c.status.in_(_OPEN), _ACTIVE.exists())
@@ -69,10 +72,17 @@ _CORE = {
         updated_at=_P("now"),
         sent_at=_P("sent_at"),
         next_attempt_at=_P("next_at"),
+        claimed_by=None,
+        lease_until=None,
     ),
     "bounce": sa.update(S)
     .where(S.c.id == _P("sid"), S.c.status == SubscriberStatus.ACTIVE)
     .values(status=SubscriberStatus.BOUNCED, updated_at=_P("now")),
+}
+_CLAIMED = {
+    **_CORE,
+    "start": _CORE["start"].where(_FENCE),
+    "skip": _CORE["skip"].where(_FENCE),
 }
 _SQLITE = {
     "start": "UPDATE delivery SET status = 'sending', message_id = :mid,"
@@ -98,22 +108,26 @@ def _sqlite_time(value: datetime | None) -> str | None:
 class Bookkeeper:
     """The writes of one send; one lock for all the threads of this process."""
 
-    def __init__(self, issue_created: datetime, policy: Policy) -> None:
+    def __init__(
+        self, issue_created: datetime, policy: Policy, *, worker_id: str | None = None
+    ) -> None:
         self.lock = threading.Lock()
         self.issue_created = issue_created
         self.policy = policy
+        self.worker_id = worker_id  # set on shared sends: starts need our claim
 
     def commit(
         self,
         conn: Connection,
         finished: Sequence[Finished],
         starts: Sequence[tuple[Recipient, str]],
-    ) -> list[bool]:
+    ) -> list[bool | None]:
         """One transaction: record `finished`, then mark each start as sending.
 
-        Returns, per start, whether it may be sent (False: its subscriber left,
-        and the delivery is now skipped). No message may be handed to a worker
-        before its mark is committed.
+        Returns, per start, whether it may be sent: True; False when its
+        subscriber left (the delivery is now skipped); None when it is no longer
+        ours to send (another worker took the claim over, or it is not open).
+        No message may be handed to a worker before its mark is committed.
         """
         if not finished and not starts:
             return []
@@ -121,8 +135,16 @@ class Bookkeeper:
         with self.lock:
             if conn.dialect.name == "sqlite":
                 return self._commit_sqlite(conn, finished, starts, now)
-            with conn.begin():
-                return self._apply(self._core_runner(conn), finished, starts, now)
+            for attempt in range(RETRIES):
+                try:
+                    with conn.begin():
+                        return self._apply(self._core_runner(conn), finished, starts, now)
+                except sa.exc.OperationalError as exc:
+                    # A deadlock or serialisation failure rolled it all back: run it again.
+                    code = getattr(exc.orig, "sqlstate", None)
+                    if code not in _RETRYABLE or attempt == RETRIES - 1:
+                        raise
+            raise AssertionError("unreachable")
 
     def _apply(
         self,
@@ -130,16 +152,20 @@ class Bookkeeper:
         finished: Sequence[Finished],
         starts: Sequence[tuple[Recipient, str]],
         now: datetime,
-    ) -> list[bool]:
+    ) -> list[bool | None]:
         for done in finished:
             self._finish(run, done, now)
-        allowed = []
+        allowed: list[bool | None] = []
         for start, message_id in starts:
             params = {"did": start.delivery_id, "sid": start.subscriber_id, "now": now}
-            ok = run("start", {**params, "mid": message_id}) > 0
-            if not ok:
-                run("skip", {**params, "why": "subscriber no longer active"})
-            allowed.append(ok)
+            if self.worker_id is not None:
+                params["me"] = self.worker_id
+            if run("start", {**params, "mid": message_id}) > 0:
+                allowed.append(True)
+            elif run("skip", {**params, "why": "subscriber no longer active"}) > 0:
+                allowed.append(False)
+            else:
+                allowed.append(None)
         return allowed
 
     def _finish(self, run: Any, done: Finished, now: datetime) -> None:
@@ -166,10 +192,11 @@ class Bookkeeper:
             },
         )
 
-    @staticmethod
-    def _core_runner(conn: Connection) -> Any:
+    def _core_runner(self, conn: Connection) -> Any:
+        statements = _CORE if self.worker_id is None else _CLAIMED
+
         def run(name: str, params: dict[str, Any]) -> int:
-            return conn.execute(_CORE[name], params).rowcount
+            return conn.execute(statements[name], params).rowcount
 
         return run
 
@@ -179,7 +206,7 @@ class Bookkeeper:
         finished: Sequence[Finished],
         starts: Sequence[tuple[Recipient, str]],
         now: datetime,
-    ) -> list[bool]:
+    ) -> list[bool | None]:
         raw = conn.connection.driver_connection  # sqlite3, autocommit (see db.py)
         assert raw is not None
         cursor = raw.cursor()

@@ -2,8 +2,10 @@
 
 SQLite gets WAL, a busy timeout and `BEGIN IMMEDIATE` for transactions that
 read then write (a deferred transaction that upgrades to a writer fails with
-SQLITE_BUSY whatever the timeout). A fresh database is migrated on open, so
-no manual step is needed; schema changes only ever come from Alembic.
+SQLITE_BUSY whatever the timeout). PostgreSQL (psycopg 3) sessions end when
+left idle in a transaction, so a stuck sender cannot hold row locks for ever.
+A fresh database is migrated on open, so no manual step is needed; schema
+changes only ever come from Alembic.
 """
 
 from __future__ import annotations
@@ -45,12 +47,30 @@ def _sqlite_setup(engine: Engine) -> None:
         conn.exec_driver_sql(f"BEGIN {mode}")
 
 
+#: PostgreSQL ends a session left idle inside a transaction this long (a hung or
+#: half-dead client), so that its row locks cannot stall the other senders forever.
+IDLE_IN_TRANSACTION_MS = 300_000
+
+
+def _postgres_setup(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        autocommit = dbapi_connection.autocommit
+        dbapi_connection.autocommit = True
+        dbapi_connection.execute(
+            f"SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_MS}"
+        )
+        dbapi_connection.autocommit = autocommit
+
+
 def make_engine(url: str) -> Engine:
     """An engine for `url`, with SQLite tuned for a CLI that may run twice at once."""
     try:
         engine = sa.create_engine(url)
     except (sa.exc.ArgumentError, ImportError) as exc:
         raise ConfigError(f"NEWSLETTER_DATABASE_URL: cannot use {url!r} ({exc})") from None
+    if engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg":
+        _postgres_setup(engine)
     if engine.dialect.name == "sqlite":
         _sqlite_setup(engine)
         db_path = engine.url.database

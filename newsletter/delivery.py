@@ -22,11 +22,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from newsletter.bookkeeping import REQUEUE, Bookkeeper, Finished, Recipient
+from newsletter.claims import reap, shared_sends
 from newsletter.errors import NewsletterError, SenderRejected, TransportError
 from newsletter.message import MessageTemplate, message_date
 from newsletter.models import Delivery, DeliveryStatus, Subscriber, utcnow
@@ -50,6 +52,7 @@ class Report:
     unknown: int = 0
     skipped: int = 0
     requeued: int = 0
+    recovered: int = 0  # dead workers' in-flight deliveries this run marked unknown
     stopped: NewsletterError | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -73,8 +76,15 @@ class Policy:
     max_age: timedelta = timedelta(hours=72)
 
 
+class Limiter(Protocol):
+    def wait(self) -> None: ...
+
+
 class RateLimiter:
-    """Spaces messages evenly across all threads (NEWSLETTER_SEND_RATE)."""
+    """Spaces messages evenly across all threads (NEWSLETTER_SEND_RATE).
+
+    On a shared send, ratebudget.SharedRateLimiter spaces them across workers.
+    """
 
     def __init__(self, rate: float | None) -> None:
         self.interval = 1.0 / rate if rate else 0.0
@@ -93,7 +103,13 @@ class RateLimiter:
 
 
 def recover(engine: Engine, issue_id: int | None = None) -> int:
-    """Deliveries left `sending` by a crash become `unknown`: the server may have them."""
+    """Deliveries left `sending` by a crash become `unknown`: the server may have them.
+
+    With one sender per database (SQLite, under the send lock) that is every
+    `sending` one; on a shared send only those whose worker is dead (claims.reap).
+    """
+    if shared_sends(engine):
+        return reap(engine, issue_id)
     query = sa.update(D).where(D.c.status == DeliveryStatus.SENDING)
     if issue_id is not None:
         query = query.where(D.c.issue_id == issue_id)
@@ -155,6 +171,8 @@ class Sender:
         report: Report,
         progress: Callable[[int], None] | None = None,
         use_processes: bool = False,
+        limiter: Limiter | None = None,
+        worker_id: str | None = None,
     ) -> None:
         self.engine = engine
         self.template = template
@@ -163,8 +181,8 @@ class Sender:
         self.report = report
         self.progress = progress
         self.use_processes = use_processes
-        self.book = Bookkeeper(issue_created, policy)
-        self.limiter = RateLimiter(policy.rate)
+        self.book = Bookkeeper(issue_created, policy, worker_id=worker_id)
+        self.limiter = limiter or RateLimiter(policy.rate)
         self.stop = threading.Event()
 
     def run(self, recipients: Iterator[Recipient]) -> None:
@@ -199,6 +217,8 @@ class Sender:
                 allowed = self.book.commit(conn, finished, [(r, m) for _, r, m in starts])
                 finished = []
                 for (worker, recipient, message_id), ok in zip(starts, allowed, strict=True):
+                    if ok is None:  # no longer ours (another worker took it over)
+                        continue
                     if not ok:
                         self.report.count("skipped")
                         self._tick()

@@ -6,7 +6,8 @@ it was. A dry run does the same work and rolls back, so its report is exact.
 
 Rows stream from the file and are written in batches with SQLAlchemy Core
 (executemany; an ORM object per row is ~9x slower), so memory does not grow
-with the file. Duplicates across batches are found through the database itself:
+with the file. On PostgreSQL new rows are streamed with COPY instead, in the
+same transaction. Duplicates across batches are found through the database itself:
 a row this import inserted carries its `created_at`, and pre-existing rows
 already met are remembered in a temporary table, not in Python.
 """
@@ -231,6 +232,9 @@ class _Batch:
         self.pending.clear()
 
     def _insert(self, rows: list[dict[str, Any]]) -> None:
+        if self.conn.dialect.name == "postgresql":
+            self._copy(rows)
+            return
         if self.driver is None:
             self.conn.execute(sa.insert(_T), rows)
             return
@@ -239,6 +243,15 @@ class _Batch:
             self.conn.exec_driver_sql(sql, rows)  # type: ignore[arg-type]
         else:
             self.conn.exec_driver_sql(sql, [tuple(map(r.__getitem__, order)) for r in rows])
+
+    def _copy(self, rows: list[dict[str, Any]]) -> None:
+        """COPY the new rows (psycopg 3), on the import's own connection and transaction."""
+        raw = self.conn.connection.driver_connection
+        assert raw is not None
+        columns = ", ".join(_INSERT_COLUMNS)
+        with raw.cursor() as cursor, cursor.copy(f"COPY subscriber ({columns}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row([row[name] for name in _INSERT_COLUMNS])
 
     def _seen_before(self, keys: list[str]) -> set[str]:
         """Which of these pre-existing keys an earlier batch met; remember the others."""

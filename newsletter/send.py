@@ -4,34 +4,48 @@ Order of a run: fetch and parse the feed first (a broken feed stops the run
 before anything is sent or written); take the send lock; turn deliveries a
 crash left `sending` into `unknown`; finish any unfinished issue; then make
 an issue of the new stories and deliver it.
+
+On PostgreSQL there is no exclusive send lock: every `newsletter send` (on
+any host) registers as a worker and helps with the unfinished issues by
+claiming batches (claims.py); only the making of a new issue is serialised
+(an advisory lock), so two workers never freeze the same stories twice, and
+a worker that finds nothing new helps with the issue another one just made.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 from pathlib import Path
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from newsletter import issues as issue_store
+from newsletter.claims import shared_sends
 from newsletter.config import Settings
-from newsletter.delivery import Policy, Report, Sender, due_recipients, recover
+from newsletter.delivery import Limiter, recover
+from newsletter.dkim import load_key
 from newsletter.errors import NewsletterError
 from newsletter.feed import Feed, FeedStory, FetchResult, fetch_feed, parse_feed
+from newsletter.heartbeat import WorkerRegistry
 from newsletter.message import MessageTemplate, message_date
-from newsletter.models import Delivery, DeliveryStatus, Issue, IssueStatus, Story, utcnow
+from newsletter.models import Issue, Story
+from newsletter.ratebudget import SharedRateLimiter
 from newsletter.render import UNSUBSCRIBE_URL
-from newsletter.sendlock import SendLockHolder
+from newsletter.sendissue import (
+    IssueResult,
+    ProgressFactory,
+    _no_progress,
+    deliver,
+    policy_from,
+    reopen,
+)
+from newsletter.sendlock import SendLockHolder, creation_lock
 from newsletter.transport import TransportFactory, transport_factory
-from newsletter.verp import envelope_sender
+from newsletter.verp import check_verp_settings, envelope_sender
 
-D = Delivery.__table__
-ProgressFactory = Callable[[int, str], AbstractContextManager[Callable[[int], None]]]
+__all__ = ["IssueResult", "SendOptions", "SendResult", "deliver", "policy_from", "run_send"]
 
 
 @dataclass
@@ -47,15 +61,6 @@ class SendOptions:
 
 
 @dataclass
-class IssueResult:
-    issue_id: int
-    subject: str
-    report: Report
-    resumed: bool
-    finished: bool
-
-
-@dataclass
 class SendResult:
     """What happened, for the CLI to print; `error` is raised by the CLI after printing."""
 
@@ -65,19 +70,6 @@ class SendResult:
     recipients: int = 0
     destination: str = ""
     error: NewsletterError | None = None
-
-
-def _no_progress(total: int, label: str) -> AbstractContextManager[Callable[[int], None]]:
-    return nullcontext(lambda n: None)
-
-
-def policy_from(settings: Settings) -> Policy:
-    return Policy(
-        connections=settings.smtp_connections if settings.smtp else 1,
-        rate=settings.send_rate,
-        retry_delays=settings.retry_delays,
-        max_age=timedelta(hours=settings.retry_max_age_hours),
-    )
 
 
 def read_feed(engine: Engine | None, settings: Settings) -> tuple[Feed | None, FetchResult]:
@@ -91,126 +83,6 @@ def read_feed(engine: Engine | None, settings: Settings) -> tuple[Feed | None, F
     if fetched.data is None:
         return None, fetched
     return parse_feed(fetched.data, base_url=fetched.url), fetched
-
-
-def deliver(
-    engine: Engine,
-    settings: Settings,
-    issue: Issue,
-    *,
-    factory: TransportFactory,
-    progress: ProgressFactory = _no_progress,
-    policy: Policy | None = None,
-    resumed: bool = False,
-    use_processes: bool = False,
-) -> IssueResult:
-    """Send every due delivery of `issue`, with in-run retries of deferred ones."""
-    assert issue.id is not None and settings.from_address is not None
-    policy = policy or policy_from(settings)
-    template = MessageTemplate(
-        settings, subject=issue.subject, html=issue.html, text=issue.text, issue_id=issue.id
-    )
-    report = Report()
-    for number in range(1 + len(policy.retry_delays)):
-        if number:  # an in-run retry pass, when a deferred delivery falls due soon enough
-            wake = _next_retry_at(engine, issue.id)
-            if wake is None:
-                break
-            pause = (wake - utcnow()).total_seconds()
-            if pause > policy.retry_delays[number - 1] * 1.5:
-                break  # too far off: a later `newsletter send` retries it
-            time.sleep(max(pause, 0.0))
-        total = _due_count(engine, issue.id)
-        if total == 0:
-            continue
-        label = f"Issue {issue.id}" + (f" (retry {number})" if number else "")
-        sender = Sender(
-            engine,
-            template,
-            factory,
-            issue_created=issue.created_at,
-            policy=policy,
-            report=report,
-            use_processes=use_processes,
-        )
-        with progress(total, label) as tick:
-            sender.progress = tick
-            sender.run(due_recipients(engine, issue.id, now=utcnow()))
-        if report.stopped is not None:
-            break
-    finished = _finish_if_done(engine, issue.id)
-    return IssueResult(issue.id, issue.subject, report, resumed, finished)
-
-
-def _due_count(engine: Engine, issue_id: int) -> int:
-    now = utcnow()
-    query = sa.select(sa.func.count()).where(
-        D.c.issue_id == issue_id,
-        sa.or_(
-            D.c.status == DeliveryStatus.PENDING,
-            sa.and_(
-                D.c.status == DeliveryStatus.DEFERRED,
-                sa.or_(D.c.next_attempt_at.is_(None), D.c.next_attempt_at <= now),
-            ),
-        ),
-    )
-    with engine.connect() as conn:
-        return conn.execute(query).scalar_one()
-
-
-def _next_retry_at(engine: Engine, issue_id: int) -> datetime | None:
-    """When the earliest deferred delivery of the issue falls due, if any is deferred."""
-    query = sa.select(sa.func.min(D.c.next_attempt_at)).where(
-        D.c.issue_id == issue_id, D.c.status == DeliveryStatus.DEFERRED
-    )
-    with engine.connect() as conn:
-        return conn.execute(query).scalar()
-
-
-def _finish_if_done(engine: Engine, issue_id: int) -> bool:
-    """An issue is sent once no delivery is left to attempt."""
-    open_states = (DeliveryStatus.PENDING, DeliveryStatus.DEFERRED, DeliveryStatus.SENDING)
-    with engine.connect() as conn, conn.execution_options(sqlite_begin="IMMEDIATE").begin():
-        left = conn.execute(
-            sa.select(sa.func.count()).where(D.c.issue_id == issue_id, D.c.status.in_(open_states))
-        ).scalar_one()
-        if left:
-            return False
-        conn.execute(
-            sa.update(Issue.__table__)
-            .where(Issue.__table__.c.id == issue_id)
-            .values(status=IssueStatus.SENT, finished_at=utcnow())
-        )
-        return True
-
-
-def reopen(engine: Engine, *, unknown: bool, failed: bool) -> int:
-    """--retry-unknown / --retry-failed: put those deliveries back to pending, on purpose."""
-    states = [
-        s for s, on in ((DeliveryStatus.UNKNOWN, unknown), (DeliveryStatus.FAILED, failed)) if on
-    ]
-    if not states:
-        return 0
-    ISSUES = Issue.__table__
-    with engine.connect() as conn, conn.execution_options(sqlite_begin="IMMEDIATE").begin():
-        issue_ids = [
-            row[0]
-            for row in conn.execute(
-                sa.select(D.c.issue_id).where(D.c.status.in_(states)).distinct()
-            )
-        ]
-        count = conn.execute(
-            sa.update(D)
-            .where(D.c.status.in_(states))
-            .values(status=DeliveryStatus.PENDING, next_attempt_at=None, updated_at=utcnow())
-        ).rowcount
-        if issue_ids:
-            conn.execute(
-                sa.update(ISSUES)
-                .where(ISSUES.c.id.in_(issue_ids))
-                .values(status=IssueStatus.SENDING, finished_at=None)
-            )
-    return count
 
 
 def send_test_copy(
@@ -246,6 +118,8 @@ def run_send(
 ) -> SendResult:
     """The whole `newsletter send`. Raises NewsletterError before anything is sent."""
     settings.require("feed_url", "from_address", "postal_address")
+    load_key(settings)  # a bad DKIM key or VERP setup stops here, before any issue exists
+    check_verp_settings(settings)
     # Real SMTP connections run in child processes (threads gain little under the GIL).
     use_processes = factory is None and settings.smtp is not None
     factory = factory or transport_factory(settings)
@@ -278,34 +152,74 @@ def run_send(
         result.notes.append(f"Recorded {count} stories as already sent; nothing was sent.")
         return result
 
-    with SendLockHolder(engine) as lock:
-        if lock.took_over is not None:
-            result.notes.append(
-                f"Took over the lock of an interrupted send (pid {lock.took_over.pid})."
-            )
-        lost = recover(engine)
-        if lost:
-            result.notes.append(
-                f"{lost} deliveries were interrupted mid-send and are marked unknown "
-                "(not resent; use --retry-unknown to resend them)."
-            )
-        reopened = reopen(engine, unknown=options.retry_unknown, failed=options.retry_failed)
-        if reopened:
-            result.notes.append(f"{reopened} deliveries put back in the queue.")
-        for issue in issue_store.unfinished_issues(engine):
+    shared = shared_sends(engine)
+    with _exclusive(engine, result, shared), WorkerRegistry(engine) as me:
+        limiter: Limiter | None = None
+        if shared and settings.send_rate:
+            limiter = SharedRateLimiter(engine, settings.send_rate)
+
+        def run(issue: Issue, resumed: bool) -> IssueResult:
             done = deliver(
                 engine,
                 settings,
                 issue,
                 factory=factory,
                 progress=progress,
-                resumed=True,
+                resumed=resumed,
                 use_processes=use_processes,
+                registry=me,
+                limiter=limiter,
             )
             result.issues.append(done)
-            if done.report.stopped is not None:
-                result.error = done.report.stopped
-                return result
+            if done.report.recovered:
+                result.notes.append(
+                    f"{done.report.recovered} deliveries of a worker that died mid-send are "
+                    "marked unknown (not resent; use --retry-unknown to resend them)."
+                )
+            result.error = done.report.stopped
+            return done
+
+        _send_issues(engine, settings, options, feed, fetched, result, run, shared)
+    return result
+
+
+@contextmanager
+def _exclusive(engine: Engine, result: SendResult, shared: bool) -> Iterator[None]:
+    """The send lock, on databases where only one send may run at a time."""
+    if shared:
+        yield
+        return
+    with SendLockHolder(engine) as lock:
+        if lock.took_over is not None:
+            result.notes.append(
+                f"Took over the lock of an interrupted send (pid {lock.took_over.pid})."
+            )
+        yield
+
+
+def _send_issues(
+    engine: Engine,
+    settings: Settings,
+    options: SendOptions,
+    feed: Feed,
+    fetched: FetchResult,
+    result: SendResult,
+    run: Callable[[Issue, bool], IssueResult],
+    shared: bool,
+) -> None:
+    """Recover, finish unfinished issues, then make and send a new one (with `run`)."""
+    lost = recover(engine)
+    if lost:
+        result.notes.append(
+            f"{lost} deliveries were interrupted mid-send and are marked unknown "
+            "(not resent; use --retry-unknown to resend them)."
+        )
+    reopened = reopen(engine, unknown=options.retry_unknown, failed=options.retry_failed)
+    if reopened:
+        result.notes.append(f"{reopened} deliveries put back in the queue.")
+    if not _help_unfinished(engine, result, run):
+        return
+    with creation_lock(engine) if shared else nullcontext():
         created = issue_store.create_issue(
             engine,
             settings,
@@ -314,24 +228,29 @@ def run_send(
             max_stories=options.max_stories,
             min_stories=options.min_stories,
         )
-        result.stories = created.stories
-        result.recipients = created.recipients
-        if created.issue is None:
-            result.notes.append(f"Nothing new to send: {created.reason}.")
-            return result
-        if created.skipped:
-            result.notes.append(
-                f"{created.skipped} older new stories were left out (--max-stories "
-                f"{options.max_stories}) and recorded as sent."
-            )
-        done = deliver(
-            engine,
-            settings,
-            created.issue,
-            factory=factory,
-            progress=progress,
-            use_processes=use_processes,
+    result.stories = created.stories
+    result.recipients = created.recipients
+    if created.issue is None:
+        result.notes.append(f"Nothing new to send: {created.reason}.")
+        if shared:  # another worker may have just made one: help with it
+            _help_unfinished(engine, result, run)
+        return
+    if created.skipped:
+        result.notes.append(
+            f"{created.skipped} older new stories were left out (--max-stories "
+            f"{options.max_stories}) and recorded as sent."
         )
-        result.issues.append(done)
-        result.error = done.report.stopped
-    return result
+    run(created.issue, False)
+
+
+def _help_unfinished(
+    engine: Engine, result: SendResult, run: Callable[[Issue, bool], IssueResult]
+) -> bool:
+    """Work on every unfinished issue not worked on yet; False when the run must stop."""
+    seen = {done.issue_id for done in result.issues}
+    for issue in issue_store.unfinished_issues(engine):
+        if issue.id in seen:
+            continue
+        if run(issue, True).report.stopped is not None:
+            return False
+    return True

@@ -3,6 +3,10 @@
 A second run (cron overlap, a second terminal) is told another send is in
 progress. A lock left by a crashed run is taken over at once when its process
 is gone on this host, or once its heartbeat is older than the lease.
+
+On PostgreSQL several sends share an issue instead (claims.py); only the
+making of an issue is serialised, with `creation_lock`: a session-level
+advisory lock, released by the server itself if the process dies.
 """
 
 from __future__ import annotations
@@ -11,8 +15,11 @@ import os
 import secrets
 import socket
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from newsletter.db import write_session
@@ -32,6 +39,23 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+#: pg_advisory_lock key for "making an issue" (any constant shared by all workers).
+CREATION_LOCK_KEY = 0x6E6C_6973  # "nlis"
+
+
+@contextmanager
+def creation_lock(engine: Engine) -> Iterator[None]:
+    """Wait until no other worker is making an issue, and hold that turn (PostgreSQL)."""
+    with engine.connect() as conn:
+        conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": CREATION_LOCK_KEY})
+        conn.commit()
+        try:
+            yield
+        finally:
+            conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": CREATION_LOCK_KEY})
+            conn.commit()
 
 
 class SendLockHolder:

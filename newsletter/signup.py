@@ -201,7 +201,8 @@ def request_signup(
 
 
 def _valid_token(token: str) -> bool:
-    return 0 < len(token) <= TOKEN_MAX_LENGTH
+    # NUL: PostgreSQL refuses it in any text parameter (a 500 instead of a 404)
+    return 0 < len(token) <= TOKEN_MAX_LENGTH and "\x00" not in token
 
 
 def _by_confirm_token(session: Session, token: str, now: datetime) -> Subscriber | None:

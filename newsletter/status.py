@@ -1,4 +1,5 @@
-"""`newsletter status`: subscribers by status, the last issues and their delivery counts."""
+"""`newsletter status`: subscribers by status, the last issues and their delivery counts,
+and the `newsletter send` workers alive now (heartbeat within the lease) with their rates."""
 
 from __future__ import annotations
 
@@ -8,13 +9,17 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from newsletter.bounces import bounce_counts_by_issue
+from newsletter.claims import LEASE
 from newsletter.models import (
     Delivery,
     DeliveryStatus,
     Issue,
     SendLock,
+    SendWorker,
     Subscriber,
     SubscriberStatus,
+    utcnow,
 )
 
 D = Delivery.__table__
@@ -28,6 +33,24 @@ class IssueLine:
     subject: str
     counts: dict[str, int]
     last_errors: dict[str, str] = field(default_factory=dict)  # delivery status -> last error
+    bounces: dict[str, int] = field(default_factory=dict)  # hard/soft/complaint/policy reports
+
+
+@dataclass
+class WorkerLine:
+    worker_id: str  # host:pid:random
+    host: str
+    pid: int
+    issue_id: int | None
+    sent: int
+    started_at: datetime
+    heartbeat_at: datetime
+
+    @property
+    def rate(self) -> float:
+        """Messages per second since the worker started (as of its last heartbeat)."""
+        seconds = (self.heartbeat_at - self.started_at).total_seconds()
+        return self.sent / seconds if seconds > 0 else 0.0
 
 
 @dataclass
@@ -35,6 +58,7 @@ class StatusReport:
     subscribers: dict[str, int]
     issues: list[IssueLine]
     sending: str | None  # who holds the send lock, if anyone
+    workers: list[WorkerLine] = field(default_factory=list)  # alive now
 
 
 def status_report(engine: Engine, *, limit: int = 5) -> StatusReport:
@@ -82,5 +106,21 @@ def status_report(engine: Engine, *, limit: int = 5) -> StatusReport:
                     line.last_errors[kind] = error
             lines.append(line)
         lock = conn.execute(sa.select(SendLock.__table__)).first()
+        workers = _workers(conn)
+    by_issue = bounce_counts_by_issue(engine)
+    for line in lines:
+        line.bounces = by_issue.get(line.issue_id, {})
     sending = f"pid {lock.pid} on {lock.host}" if lock else None
-    return StatusReport(subscribers, lines, sending)
+    return StatusReport(subscribers, lines, sending, workers)
+
+
+def _workers(conn: sa.Connection) -> list[WorkerLine]:
+    W = SendWorker.__table__
+    rows = conn.execute(
+        sa.select(
+            W.c.id, W.c.host, W.c.pid, W.c.issue_id, W.c.sent, W.c.started_at, W.c.heartbeat_at
+        )
+        .where(W.c.heartbeat_at >= utcnow() - LEASE)
+        .order_by(W.c.started_at)
+    ).all()
+    return [WorkerLine(*row) for row in rows]

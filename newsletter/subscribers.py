@@ -172,7 +172,7 @@ def remove_subscriber(engine: Engine, email: str, *, method: str = "admin") -> R
 
 def unsubscribe_by_token(engine: Engine, token: str, *, method: str) -> Subscriber | None:
     """Unsubscribe whoever holds `token` (idempotent); None if the token is unknown."""
-    if not token or len(token) > 64:
+    if not token or len(token) > 64 or "\x00" in token:  # PostgreSQL refuses NUL
         return None
     with write_session(engine) as session:
         sub = session.exec(select(Subscriber).where(Subscriber.token == token)).first()

@@ -18,7 +18,10 @@ Worker -> parent: one of
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import multiprocessing
+import os
+import signal
 import threading
 import time
 from multiprocessing.connection import Connection
@@ -89,6 +92,29 @@ def worker_loop(
             conn.close()
 
 
+def _die_with_parent(parent: int) -> None:
+    """Linux: be killed with the parent (kill -9 included); elsewhere a no-op.
+
+    A forked worker inherits the parent's database sockets; if it outlived a
+    killed parent, PostgreSQL would keep that session (and any row lock it
+    holds) open, and the sibling workers' copies of each other's pipes would
+    keep every worker waiting forever. Its message in flight stays `sending`
+    and becomes `unknown`, as for any crash.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _process_main(parent: int, *args: Any) -> None:
+    _die_with_parent(parent)
+    worker_loop(*args)
+
+
 class Worker:
     """The parent's end of one worker: `submit`, then read `conn` when it is ready."""
 
@@ -107,7 +133,7 @@ class Worker:
             # fork: the factory (a closure over the settings) needs no pickling.
             context = multiprocessing.get_context("fork")
             self.runner: Any = context.Process(
-                target=worker_loop, args=args, name=name, daemon=True
+                target=_process_main, args=(os.getpid(), *args), name=name, daemon=True
             )
         else:
             self.runner = threading.Thread(target=worker_loop, args=args, name=name, daemon=True)

@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from browser import CHROMIUM, LAUNCH_ARGS, save_screenshot, unavailable_reason
+from helpers import use_database
+from pgserver import POSTGRES_ENV, PostgresServer
+from pgserver import unavailable_reason as postgres_unavailable_reason
 from smtpserver import SMTPServer
 
 if TYPE_CHECKING:
@@ -142,3 +145,46 @@ def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
                 save_screenshot(new_page, f"FAILED-{request.node.name}")
     finally:
         context.close()
+
+
+# ---- databases: SQLite, and PostgreSQL when NEWSLETTER_TEST_POSTGRES_URL is set ----
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """The PostgreSQL server of NEWSLETTER_TEST_POSTGRES_URL, with a migrated template."""
+    reason = postgres_unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    server = PostgresServer(os.environ[POSTGRES_ENV]).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database of its own for one test."""
+    url = postgres_server.create()
+    try:
+        yield url
+    finally:
+        postgres_server.drop(url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run the test once per database: `helpers.settings_for` / `database_url` follow it.
+
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("db_backend")``.
+    """
+    if request.param == "sqlite":
+        use_database(None)
+        yield "sqlite"
+        return
+    use_database(request.getfixturevalue("postgres_url"))
+    try:
+        yield "postgresql"
+    finally:
+        use_database(None)

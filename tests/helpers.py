@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 from pathlib import Path
@@ -25,15 +26,38 @@ BASE_ENV = {
 }
 
 
+#: Set by the `db_backend` fixture (tests/conftest.py) while a test runs on PostgreSQL.
+#: An environment variable, not a global: this module is imported both as `helpers`
+#: and as `tests.helpers`, and the two copies must agree.
+TEST_DATABASE_ENV = "NLTEST_DATABASE_URL"
+
+
+def use_database(url: str | None) -> None:
+    """Route `settings_for` and `database_url` to `url` (None: a SQLite file per test)."""
+    if url is None:
+        os.environ.pop(TEST_DATABASE_ENV, None)
+    else:
+        os.environ[TEST_DATABASE_ENV] = url
+
+
+def database_url(tmp_path: Path, name: str = "subscribers.db") -> str:
+    """The test's database: the PostgreSQL one of `db_backend`, else a SQLite file in tmp_path."""
+    return os.environ.get(TEST_DATABASE_ENV) or f"sqlite:///{tmp_path / name}"
+
+
+def backend() -> str:
+    return "postgresql" if os.environ.get(TEST_DATABASE_ENV) else "sqlite"
+
+
 def settings_for(tmp_path: Path, **env: str) -> Settings:
-    """Settings for a test: the sample feed copied into tmp_path, a SQLite file there."""
+    """Settings for a test: the sample feed copied into tmp_path, the test's database."""
     feed = tmp_path / "feed.xml"
     if not feed.exists():
         shutil.copy(SAMPLE_FEED, feed)
     values = {
         **BASE_ENV,
         "NEWSLETTER_FEED_URL": str(feed),
-        "NEWSLETTER_DATABASE_URL": f"sqlite:///{tmp_path / 'subscribers.db'}",
+        "NEWSLETTER_DATABASE_URL": database_url(tmp_path),
         "NEWSLETTER_OUTBOX": str(tmp_path / "outbox"),
         **env,
     }

@@ -13,17 +13,21 @@ import pytest
 from click.testing import CliRunner
 
 from newsletter.cli import main
+from tests.helpers import database_url
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "contacts.csv"
 CONTACTS = Path(__file__).parent / "contacts"
 
 
+pytestmark = pytest.mark.usefixtures("db_backend")
+
+
 @pytest.fixture
 def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Run the CLI in tmp_path with a database there; returns click's Result."""
     monkeypatch.chdir(tmp_path)
-    env = {"NEWSLETTER_DATABASE_URL": "sqlite:///" + str(tmp_path / "t.db")}
+    env = {"NEWSLETTER_DATABASE_URL": database_url(tmp_path, "t.db")}
 
     def invoke(*args: str, input: str | None = None):
         return CliRunner().invoke(main, list(args), env=env, input=input)
@@ -120,7 +124,7 @@ def test_forget_asks_first(run) -> None:
 
 def _process(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
-    env["NEWSLETTER_DATABASE_URL"] = "sqlite:///" + str(tmp_path / "t.db")
+    env["NEWSLETTER_DATABASE_URL"] = database_url(tmp_path, "t.db")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return subprocess.run(
         [sys.executable, "-m", "newsletter", *args],

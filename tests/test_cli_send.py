@@ -13,10 +13,13 @@ import pytest
 
 from newsletter.db import open_database
 from tests.feedserver import FeedServer
-from tests.helpers import BASE_ENV, SAMPLE_FEED, add_subscribers, many, table_dump
+from tests.helpers import BASE_ENV, SAMPLE_FEED, add_subscribers, database_url, many, table_dump
 from tests.smtpserver import SMTPServer
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+pytestmark = pytest.mark.usefixtures("db_backend")
 
 
 def run(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -39,15 +42,16 @@ def site(tmp_path: Path) -> Path:
     shutil.copy(SAMPLE_FEED, tmp_path / "feed.xml")
     lines = [f'{k}="{v}"' for k, v in BASE_ENV.items()]
     lines.append("NEWSLETTER_FEED_URL=feed.xml")
+    lines.append(f"NEWSLETTER_DATABASE_URL={database_url(tmp_path)}")
     (tmp_path / ".env").write_text("\n".join(lines) + "\n")
-    engine = open_database(f"sqlite:///{tmp_path / 'subscribers.db'}")
+    engine = open_database(database_url(tmp_path))
     add_subscribers(engine, many(4))
     engine.dispose()
     return tmp_path
 
 
 def dump(site: Path) -> dict[str, list[tuple[object, ...]]]:
-    engine = open_database(f"sqlite:///{site / 'subscribers.db'}")
+    engine = open_database(database_url(site))
     try:
         return table_dump(engine)
     finally:

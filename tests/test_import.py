@@ -6,7 +6,6 @@ Fixture files live in tests/contacts/; each test names the counts it expects.
 from __future__ import annotations
 
 import csv
-import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,6 +19,10 @@ from newsletter.errors import ImportFileError
 from newsletter.importer import ImportReport, import_contacts
 from newsletter.models import Subscriber, SubscriberStatus
 from newsletter.subscribers import add_subscriber, forget_subscriber, remove_subscriber
+from tests.helpers import database_url, table_dump
+
+pytestmark = pytest.mark.usefixtures("db_backend")
+
 
 HERE = Path(__file__).parent
 CONTACTS = HERE / "contacts"
@@ -33,8 +36,8 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def engine(db_path: Path) -> Engine:
-    return open_database("sqlite:///" + str(db_path))
+def engine(tmp_path: Path) -> Engine:
+    return open_database(database_url(tmp_path, "t.db"))
 
 
 def counts(report: ImportReport) -> dict[str, int]:
@@ -45,13 +48,9 @@ def expect(**given: int) -> dict[str, int]:
     return {name: given.get(name, 0) for name in FIELDS}
 
 
-def dump(db_path: Path) -> list[str]:
-    """Every row of every table, as SQL text (the committed state)."""
-    conn = sqlite3.connect(db_path)
-    try:
-        return list(conn.iterdump())
-    finally:
-        conn.close()
+def dump(engine: Engine) -> dict[str, list[str]]:
+    """Every row of every table (the committed state), in a stable order."""
+    return {name: sorted(map(repr, rows)) for name, rows in table_dump(engine).items()}
 
 
 def subscribers(engine: Engine) -> dict[str, Subscriber]:
@@ -84,7 +83,7 @@ def test_fixture_counts_and_idempotence(
 ) -> None:
     report = import_contacts(engine, CONTACTS / name)
     assert counts(report) == expected
-    before = dump(db_path)
+    before = dump(engine)
     again = import_contacts(engine, CONTACTS / name)
     stored = expected["imported"] + expected["kept_unsubscribed"]
     assert counts(again) == expect(
@@ -94,7 +93,7 @@ def test_fixture_counts_and_idempotence(
         rejected=expected["rejected"],
     )
     assert len(subscribers(engine)) == stored
-    assert dump(db_path) == before  # the same file twice changes nothing
+    assert dump(engine) == before  # the same file twice changes nothing
 
 
 def test_example_export(engine: Engine) -> None:
@@ -217,9 +216,9 @@ def test_dry_run_writes_nothing_and_reports_exactly(
     engine: Engine, db_path: Path, tmp_path: Path
 ) -> None:
     add_subscriber(engine, "maria.lopez@example.org")
-    before = dump(db_path)
+    before = dump(engine)
     dry = import_contacts(engine, EXAMPLE, dry_run=True)
-    assert dump(db_path) == before
+    assert dump(engine) == before
     assert dry.dry_run and "Dry run" in dry.lines()[0]
     real = import_contacts(engine, EXAMPLE)
     # the file fills in the name and opt-in time of the one already here
@@ -241,11 +240,11 @@ def test_bad_file_leaves_database_unchanged(
     engine: Engine, db_path: Path, name: str, message: str
 ) -> None:
     import_contacts(engine, EXAMPLE)
-    before = dump(db_path)
+    before = dump(engine)
     with pytest.raises(ImportFileError, match=message) as err:
         import_contacts(engine, CONTACTS / name if name else CONTACTS)
     assert "\n" not in err.value.message
-    assert dump(db_path) == before
+    assert dump(engine) == before
 
 
 def test_other_bad_files(engine: Engine, tmp_path: Path) -> None:
@@ -263,10 +262,10 @@ def test_broken_csv_midway_rolls_back(engine: Engine, db_path: Path, tmp_path: P
     path = tmp_path / "c.csv"
     good = "".join(f"u{i}@example.org,x\n" for i in range(30))
     path.write_text("email,name\n" + good + '"unterminated@example.org,' + "x" * 200_000)
-    before = dump(db_path)
+    before = dump(engine)
     with pytest.raises(ImportFileError, match="line"):
         import_contacts(engine, path)
-    assert dump(db_path) == before
+    assert dump(engine) == before
 
 
 def test_interrupted_import_leaves_nothing(
@@ -276,7 +275,7 @@ def test_interrupted_import_leaves_nothing(
     path = tmp_path / "c.csv"
     path.write_text("email\n" + "".join(f"u{i}@example.org\n" for i in range(20)))
     rejects = tmp_path / "rejects.csv"
-    before = dump(db_path)
+    before = dump(engine)
     calls: list[int] = []
 
     def progress(rows: int) -> None:
@@ -287,7 +286,7 @@ def test_interrupted_import_leaves_nothing(
     with pytest.raises(KeyboardInterrupt):
         import_contacts(engine, path, progress=progress, rejects_path=rejects)
     assert calls == [3, 6, 9]
-    assert dump(db_path) == before
+    assert dump(engine) == before
     assert not rejects.exists() and not (tmp_path / "rejects.csv.part").exists()
     # and the database is still usable afterwards
     assert import_contacts(engine, path).imported == 20

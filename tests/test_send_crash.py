@@ -17,11 +17,21 @@ import pytest
 
 from newsletter.db import open_database
 from newsletter.models import DeliveryStatus
-from tests.helpers import BASE_ENV, SAMPLE_FEED, add_subscribers, deliveries, many
+from tests.helpers import (
+    BASE_ENV,
+    SAMPLE_FEED,
+    add_subscribers,
+    database_url,
+    deliveries,
+    many,
+)
 from tests.smtpserver import SMTPServer
 
 ROOT = Path(__file__).resolve().parent.parent
 READERS = 120
+
+
+pytestmark = pytest.mark.usefixtures("db_backend")
 
 
 def _env(site: Path, server: SMTPServer) -> dict[str, str]:
@@ -29,7 +39,7 @@ def _env(site: Path, server: SMTPServer) -> dict[str, str]:
     env.update(BASE_ENV)
     env.update(
         NEWSLETTER_FEED_URL=str(SAMPLE_FEED),
-        NEWSLETTER_DATABASE_URL=f"sqlite:///{site / 'subscribers.db'}",
+        NEWSLETTER_DATABASE_URL=database_url(site),
         NEWSLETTER_SMTP_URL=server.url,
         PYTHONPATH=str(ROOT),
     )
@@ -39,13 +49,17 @@ def _env(site: Path, server: SMTPServer) -> dict[str, str]:
 def _start(site: Path, env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "newsletter", "send"],
-        cwd=site, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=site,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
 @pytest.fixture
 def site(tmp_path: Path) -> Path:
-    engine = open_database(f"sqlite:///{tmp_path / 'subscribers.db'}")
+    engine = open_database(database_url(tmp_path))
     add_subscribers(engine, many(READERS))
     engine.dispose()
     return tmp_path
@@ -65,7 +79,11 @@ def test_kill_9_mid_send_then_resume_sends_each_reader_at_most_once(
 
     again = subprocess.run(
         [sys.executable, "-m", "newsletter", "send"],
-        cwd=site, env=env, capture_output=True, text=True, timeout=120,
+        cwd=site,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert again.returncode == 0, again.stdout + again.stderr
     assert "Resumed issue 1" in again.stdout

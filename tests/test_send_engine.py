@@ -24,6 +24,9 @@ from tests.helpers import (
     table_dump,
 )
 
+pytestmark = pytest.mark.usefixtures("db_backend")
+SQLITE_ONLY = pytest.mark.parametrize("db_backend", ["sqlite"], indirect=True)
+
 
 def _send(engine, settings, transport, **options):  # type: ignore[no-untyped-def]
     return run_send(engine, settings, SendOptions(**options), factory=lambda: transport)
@@ -198,6 +201,7 @@ def test_retry_unknown_resends_on_purpose(tmp_path: Path) -> None:
     assert len(transport.sent) == 1 and result.issues[0].finished
 
 
+@SQLITE_ONLY  # PostgreSQL: a second send helps instead (test_postgres_send.py)
 def test_a_second_send_is_told_another_is_in_progress(tmp_path: Path) -> None:
     settings = settings_for(tmp_path)
     engine = database(settings)
@@ -208,6 +212,7 @@ def test_a_second_send_is_told_another_is_in_progress(tmp_path: Path) -> None:
     assert _send(engine, settings, MemoryTransport()).issues
 
 
+@SQLITE_ONLY  # PostgreSQL: a second send helps instead (test_postgres_send.py)
 def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path: Path) -> None:
     settings = settings_for(tmp_path)
     engine = database(settings)

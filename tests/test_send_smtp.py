@@ -22,6 +22,8 @@ from tests.helpers import (
 )
 from tests.smtpserver import SMTPServer
 
+pytestmark = pytest.mark.usefixtures("db_backend")
+
 
 def _setup(tmp_path: Path, server: SMTPServer, emails: list[str], **env: str):  # type: ignore[no-untyped-def]
     settings = settings_for(tmp_path, NEWSLETTER_SMTP_URL=server.url, **env)

@@ -26,11 +26,14 @@ from newsletter.subscribers import (
     remove_subscriber,
     unsubscribe_by_token,
 )
+from tests.helpers import database_url
+
+pytestmark = pytest.mark.usefixtures("db_backend")
 
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Engine:
-    return open_database("sqlite:///" + str(tmp_path / "t.db"))
+    return open_database(database_url(tmp_path, "t.db"))
 
 
 def get(engine: Engine, key: str) -> Subscriber | None:
@@ -154,6 +157,7 @@ def test_export_columns_and_formula_neutralised(engine: Engine) -> None:
     assert rows[1][3].endswith("+00:00")
 
 
+@pytest.mark.parametrize("db_backend", ["sqlite"], indirect=True)  # needs 2 databases
 def test_export_reimports_exactly(engine: Engine, tmp_path: Path) -> None:
     add_subscriber(engine, "+tag@example.org", "=cmd|' /C calc'!A0")
     add_subscriber(engine, "Ana@Example.org", "Ana Silva")

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 import sqlalchemy as sa
-from helpers import add_subscribers, database, settings_for
+from helpers import add_subscribers, database, database_url, settings_for
 from smtpserver import SMTPServer
 from sqlalchemy.engine import Engine
 from webserver import WebServer
@@ -39,6 +39,9 @@ from newsletter.web import create_app
 
 GMAIL_ONE_CLICK = {"Content-Type": "application/x-www-form-urlencoded"}
 CONFIRM_LINK = re.compile(r"https?://[^\s\"<>]+/confirm/([A-Za-z0-9_-]+)")
+
+
+pytestmark = pytest.mark.usefixtures("db_backend")
 
 
 @dataclass
@@ -515,7 +518,7 @@ def test_newsletter_serve_command_runs_uvicorn_and_masks_tokens(tmp_path: Path) 
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")},
         "NEWSLETTER_FROM": "AASR <news@endseclusion.org>",
-        "NEWSLETTER_DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}",
+        "NEWSLETTER_DATABASE_URL": database_url(tmp_path, "serve.db"),
         "PYTHONPATH": os.pathsep.join(
             [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")]
         ),

@@ -64,7 +64,9 @@ def _print_result(app: App, result: SendResult, options: SendOptions) -> None:
         )
         if r.sent:
             click.echo(f"  Delivered to the {describe_destination(app.settings)}.")
-        if not done.finished and result.error is None:
+        if done.others_sending and result.error is None:
+            click.echo("  Other workers are still sending this issue; it finishes with them.")
+        elif not done.finished and result.error is None:
             click.echo("  Some deliveries are deferred; run `newsletter send` later to retry them.")
 
 
@@ -125,6 +127,14 @@ def status(app: App, limit: int) -> None:
         click.echo(f"  {name:<13}{count:>8}")
     if report.sending:
         click.echo(f"A send is running now ({report.sending}).")
+    if report.workers:
+        click.echo(f"Send workers active now: {len(report.workers)}")
+        for w in report.workers:
+            issue = f"issue #{w.issue_id}" if w.issue_id is not None else "starting"
+            click.echo(
+                f"  {w.host} pid {w.pid}  {issue}  {w.sent} sent  {w.rate:,.0f} msg/s"
+                f"  (heartbeat {w.heartbeat_at:%H:%M:%S} UTC)"
+            )
     if not report.issues:
         click.echo("No issues sent yet.")
         return
@@ -134,5 +144,8 @@ def status(app: App, limit: int) -> None:
         click.echo(f"  #{line.issue_id}  {when}  {line.status:<8} {line.subject}")
         counts = ", ".join(f"{n} {s}" for s, n in line.counts.items() if n)
         click.echo(f"       {counts or 'no deliveries'}")
+        reports = ", ".join(f"{n} {kind}" for kind, n in line.bounces.items() if n)
+        if reports:
+            click.echo(f"       bounce reports: {reports}")
         for kind, error in line.last_errors.items():
             click.echo(f"       last {kind}: {error}")

@@ -1,0 +1,258 @@
+"""Several `newsletter send` processes on one issue (PostgreSQL): claims, leases, reaping.
+
+A worker claims a batch of due deliveries with `SELECT ... FOR UPDATE SKIP
+LOCKED`, stamping `claimed_by` (its id) and `lease_until`. Its heartbeat
+(see `registry.WorkerRegistry`) renews the lease of what it holds. The claim
+is also the fence: a worker may only mark `sending` a delivery it still
+claims (bookkeeping's start statement checks `claimed_by`), so a claim taken
+over after its lease expired can never be sent by both.
+
+A worker is dead when its heartbeat is older than the lease, when its row is
+gone, or (same host) when its process is gone. Its claimed-but-unstarted
+deliveries are claimable again once their lease expires or it is found dead;
+its `sending` ones become `unknown` (the server may have them). A live
+worker's in-flight messages are never touched: their lease is renewed.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections import deque
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from newsletter.bookkeeping import Recipient
+from newsletter.models import Delivery, DeliveryStatus, SendWorker, utcnow
+
+D = Delivery.__table__
+W = SendWorker.__table__
+LEASE = timedelta(seconds=60)
+HEARTBEAT_SECONDS = 10.0
+BATCH = 200
+#: A worker that missed this many heartbeats looks dead: wait for its lease, then take over.
+SUSPECT_AFTER = timedelta(seconds=3 * HEARTBEAT_SECONDS)
+LOST = "interrupted while sending: may have been delivered"
+
+
+def shared_sends(engine: Engine) -> bool:
+    """Whether several senders may share an issue here (row locks with SKIP LOCKED)."""
+    return engine.dialect.name == "postgresql"
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_CLAIM = sa.text(
+    """
+    WITH picked AS (
+        SELECT id FROM delivery
+        WHERE issue_id = :issue AND status = :status
+          AND (:status = 'pending' OR next_attempt_at IS NULL OR next_attempt_at <= :now)
+          AND (claimed_by IS NULL OR lease_until < :now)
+        LIMIT :n
+        FOR UPDATE SKIP LOCKED
+    ), claimed AS (
+        UPDATE delivery d SET claimed_by = :me, lease_until = :until
+        FROM picked WHERE d.id = picked.id
+        RETURNING d.id, d.subscriber_id, d.attempts
+    )
+    SELECT c.id, s.id, s.email, s.name, s.token, c.attempts
+    FROM claimed c JOIN subscriber s ON s.id = c.subscriber_id
+    ORDER BY c.id
+    """
+)
+
+
+class Claims:
+    """One worker's claims on one issue: a source of recipients for `delivery.Sender`."""
+
+    def __init__(self, engine: Engine, worker_id: str, issue_id: int, *, batch: int = BATCH):
+        self.engine = engine
+        self.worker_id = worker_id
+        self.issue_id = issue_id
+        self.batch = batch
+        self.held: deque[list[int]] = deque(maxlen=2)  # a batch may be half-committed
+        self.reaped = 0
+
+    def claim(self) -> list[Recipient]:
+        """Claim up to `batch` due deliveries (pending first, then deferred ones now due)."""
+        now = utcnow()
+        out: list[Recipient] = []
+        with self.engine.begin() as conn:
+            for status in (DeliveryStatus.PENDING, DeliveryStatus.DEFERRED):
+                rows = conn.execute(
+                    _CLAIM,
+                    {
+                        "issue": self.issue_id,
+                        "status": status,
+                        "now": now,
+                        "n": self.batch - len(out),
+                        "me": self.worker_id,
+                        "until": now + LEASE,
+                    },
+                ).all()
+                out += [Recipient(*row) for row in rows]
+                if len(out) >= self.batch:
+                    break
+        self.held.append([r.delivery_id for r in out])
+        return out
+
+    def recipients(self) -> Iterator[Recipient]:
+        """Claim batch after batch until nothing is due; take over dead workers' claims."""
+        last_reap = 0.0
+        while True:
+            if time.monotonic() - last_reap > HEARTBEAT_SECONDS:
+                self.reaped += reap(self.engine, self.issue_id)
+                last_reap = time.monotonic()
+            batch = self.claim()
+            if not batch:
+                self.reaped += reap(self.engine, self.issue_id)
+                last_reap = time.monotonic()
+                batch = self.claim()
+            if not batch:
+                wake = self._suspect_lease_end()
+                if wake is None:
+                    return
+                time.sleep(max(0.0, (wake - utcnow()).total_seconds()) + 0.5)
+                last_reap = 0.0
+                continue
+            yield from batch
+
+    def held_ids(self) -> list[int]:
+        return [i for ids in self.held for i in ids]
+
+    def release(self) -> None:
+        """Hand back what was claimed but not started (a stopped run): others may take it."""
+        ids = self.held_ids()
+        if not ids:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.update(D)
+                .where(
+                    _unlocked(
+                        D.c.id.in_(ids),
+                        D.c.claimed_by == self.worker_id,
+                        D.c.status.in_((DeliveryStatus.PENDING, DeliveryStatus.DEFERRED)),
+                    )
+                )
+                .values(claimed_by=None, lease_until=None)
+            )
+        self.held.clear()
+
+    def _suspect_lease_end(self) -> datetime | None:
+        """When the lease of a silent worker's open deliveries ends, if one holds any."""
+        fresh = utcnow() - SUSPECT_AFTER
+        live = sa.select(W.c.id).where(W.c.heartbeat_at >= fresh)
+        query = sa.select(sa.func.max(D.c.lease_until)).where(
+            D.c.issue_id == self.issue_id,
+            D.c.status.in_(
+                (DeliveryStatus.PENDING, DeliveryStatus.DEFERRED, DeliveryStatus.SENDING)
+            ),
+            D.c.claimed_by.is_not(None),
+            D.c.claimed_by != self.worker_id,
+            D.c.claimed_by.not_in(live),
+        )
+        with self.engine.connect() as conn:
+            return conn.execute(query).scalar()
+
+
+def _unlocked(*where: sa.ColumnElement[bool]) -> sa.ColumnElement[bool]:
+    """Rows matching `where` that no other transaction is changing right now.
+
+    The heartbeat and the reaper never wait for a row lock (SKIP LOCKED): a
+    locked row is being settled by its worker's bookkeeping at this moment,
+    and waiting could deadlock with it; the next beat or reap gets it.
+    """
+    return D.c.id.in_(sa.select(D.c.id).where(*where).with_for_update(skip_locked=True))
+
+
+def renew(engine: Engine, worker_id: str, issue_id: int | None, held: list[int]) -> None:
+    """Extend the lease of this worker's in-flight and claimed deliveries."""
+    if issue_id is None:
+        return
+    until = utcnow() + LEASE
+    with engine.begin() as conn:
+        conn.execute(
+            sa.update(D)
+            .where(
+                _unlocked(
+                    D.c.issue_id == issue_id,
+                    D.c.status == DeliveryStatus.SENDING,
+                    D.c.claimed_by == worker_id,
+                )
+            )
+            .values(lease_until=until)
+        )
+        if held:
+            conn.execute(
+                sa.update(D)
+                .where(_unlocked(D.c.id.in_(held), D.c.claimed_by == worker_id))
+                .values(lease_until=until)
+            )
+
+
+def dead_workers(engine: Engine) -> list[str]:
+    """Workers whose heartbeat is older than the lease, or whose process on this host is gone."""
+    host, now = socket.gethostname(), utcnow()
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(W.c.id, W.c.host, W.c.pid, W.c.heartbeat_at)).all()
+    return [
+        r.id
+        for r in rows
+        if now - r.heartbeat_at > LEASE or (r.host == host and not pid_alive(r.pid))
+    ]
+
+
+def reap(engine: Engine, issue_id: int | None = None) -> int:
+    """Dead workers' `sending` deliveries -> unknown, their claims -> free; returns how many
+    became unknown. Only `sending` rows whose claimer is not alive are touched."""
+    dead = dead_workers(engine)
+    now = utcnow()
+    live = sa.select(W.c.id).where(W.c.heartbeat_at >= now - LEASE, W.c.id.not_in(dead))
+    # every issue at the start of a run (one scan), the current one while sending
+    scope = D.c.issue_id == issue_id if issue_id is not None else sa.true()
+    orphaned = sa.or_(
+        D.c.claimed_by.is_(None),
+        D.c.lease_until.is_(None),
+        D.c.lease_until < now,
+        D.c.claimed_by.not_in(live),
+    )
+    with engine.begin() as conn:
+        lost = conn.execute(
+            sa.update(D)
+            .where(_unlocked(scope, D.c.status == DeliveryStatus.SENDING, orphaned))
+            .values(
+                status=DeliveryStatus.UNKNOWN,
+                last_error=LOST,
+                updated_at=now,
+                claimed_by=None,
+                lease_until=None,
+            )
+        ).rowcount
+        if dead:
+            conn.execute(
+                sa.update(D)
+                .where(
+                    _unlocked(
+                        scope,
+                        D.c.claimed_by.in_(dead),
+                        D.c.status.in_((DeliveryStatus.PENDING, DeliveryStatus.DEFERRED)),
+                    )
+                )
+                .values(claimed_by=None, lease_until=None)
+            )
+            conn.execute(sa.delete(W).where(W.c.id.in_(dead)))
+    return lost
