@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,30 +31,12 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from sink import SINK, start_sink  # noqa: E402
+
 from newsletter.db import open_database  # noqa: E402
 from newsletter.models import Subscriber  # noqa: E402
 
 FEED = ROOT / "examples" / "aasr-feed.xml"
-SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_sink() -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    user = ["-u", "nobody"] if os.geteuid() == 0 else []
-    proc = subprocess.Popen([SINK, *user, f"127.0.0.1:{port}", "1024"])
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit("smtp-sink did not start")
 
 
 class Databases:

@@ -24,7 +24,6 @@ import os
 import secrets
 import shutil
 import smtplib
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -32,30 +31,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from sink import SINK, start_sink
+
 ROOT = Path(__file__).resolve().parent.parent
 FEED = ROOT / "examples" / "aasr-feed.xml"
-SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
 SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_sink() -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    user = ["-u", "nobody"] if os.geteuid() == 0 else []
-    proc = subprocess.Popen([SINK, *user, f"127.0.0.1:{port}", "1024"])
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("smtp-sink did not start")
 
 
 def env_for(workdir: Path, port: int, connections: int) -> dict[str, str]:

@@ -22,6 +22,7 @@ from datetime import timedelta
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from newsletter.claims import pid_alive
 from newsletter.db import write_session
 from newsletter.errors import SendInProgress
 from newsletter.models import SendLock, utcnow
@@ -29,16 +30,6 @@ from newsletter.models import SendLock, utcnow
 LOCK_NAME = "send"
 LEASE = timedelta(seconds=90)
 HEARTBEAT_SECONDS = 15.0
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 #: pg_advisory_lock key for "making an issue" (any constant shared by all workers).
@@ -71,7 +62,7 @@ class SendLockHolder:
         self._thread: threading.Thread | None = None
 
     def _is_stale(self, lock: SendLock) -> bool:
-        if lock.host == self.host and not _pid_alive(lock.pid):
+        if lock.host == self.host and not pid_alive(lock.pid):
             return True
         return utcnow() - lock.heartbeat_at > LEASE
 

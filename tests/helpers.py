@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import subprocess
+import sys
 from pathlib import Path
+from subprocess import CompletedProcess, Popen
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -110,3 +113,33 @@ def subscriber_status(engine: Engine, email: str) -> str:
         return conn.execute(
             sa.text("SELECT status FROM subscriber WHERE email = :e"), {"e": email}
         ).scalar_one()
+
+
+ROOT = EXAMPLES.parent
+
+
+def run_cli(cwd: Path, *args: str, timeout: float = 120, **env: str) -> CompletedProcess[str]:
+    """`python -m newsletter ARGS` as a user runs it: a real process, this checkout's code,
+    no NEWSLETTER_* settings from the outer environment but those given."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    environ.update(env, PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [sys.executable, "-m", "newsletter", *args],
+        cwd=cwd,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def start_send(site: Path, env: dict[str, str]) -> Popen[str]:
+    """A `newsletter send` running in the background (for kill -9 and overlap tests)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "newsletter", "send"],
+        cwd=site,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )

@@ -3,10 +3,8 @@ a real SMTP server or the outbox, feeds from files and from a real HTTP server."
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,26 +12,10 @@ import pytest
 from newsletter.db import open_database
 from tests.feedserver import FeedServer
 from tests.helpers import BASE_ENV, SAMPLE_FEED, add_subscribers, database_url, many, table_dump
+from tests.helpers import run_cli as run
 from tests.smtpserver import SMTPServer
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
 pytestmark = pytest.mark.usefixtures("db_backend")
-
-
-def run(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
-    environ.update(env)
-    environ["PYTHONPATH"] = str(ROOT)
-    return subprocess.run(
-        [sys.executable, "-m", "newsletter", *args],
-        cwd=cwd,
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 @pytest.fixture

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import pickle
 import random
 import re
 import secrets
 import shutil
 import stat
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,9 +40,9 @@ from newsletter.message import MessageTemplate, message_date
 from newsletter.models import Subscriber
 from newsletter.send import SendOptions, run_send
 from tests.helpers import BASE_ENV, SAMPLE_FEED, add_subscribers, deliveries, many, settings_for
+from tests.helpers import run_cli as cli
 from tests.smtpserver import SMTPServer
 
-ROOT = Path(__file__).resolve().parent.parent
 SELECTOR = "news2026"
 DOMAIN = "endseclusion.org"
 
@@ -88,19 +85,6 @@ def h_tag(data: bytes) -> list[str]:
 
 
 # ---- keygen through the CLI ---------------------------------------------------
-
-
-def cli(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
-    environ.update(env, PYTHONPATH=str(ROOT))
-    return subprocess.run(
-        [sys.executable, "-m", "newsletter", *args],
-        cwd=cwd,
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def test_keygen_writes_a_private_key_and_prints_the_record(tmp_path: Path) -> None:

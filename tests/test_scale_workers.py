@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -24,7 +22,7 @@ from newsletter.claims import LOST
 from newsletter.db import open_database
 from newsletter.models import Subscriber
 from tests.countingsink import CountingSink
-from tests.helpers import BASE_ENV, SAMPLE_FEED, deliveries
+from tests.helpers import BASE_ENV, SAMPLE_FEED, deliveries, start_send
 
 ROOT = Path(__file__).resolve().parent.parent
 _DEFAULT = "20000" if os.environ.get("CI") == "true" else "4000"
@@ -44,17 +42,6 @@ def _add_readers(engine: Engine, emails: list[str]) -> None:
     ]
     with engine.begin() as conn:
         conn.execute(sa.insert(Subscriber), rows)
-
-
-def _start(site: Path, env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "newsletter", "send"],
-        cwd=site,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def _busy_worker(engine: Engine, pids: set[int]) -> int | None:
@@ -88,7 +75,7 @@ def test_four_workers_deliver_exactly_once_and_survive_a_sigkill(
         PYTHONPATH=str(ROOT),
     )
     started = time.monotonic()
-    procs = {p.pid: p for p in (_start(tmp_path, env) for _ in range(WORKERS))}
+    procs = {p.pid: p for p in (start_send(tmp_path, env) for _ in range(WORKERS))}
     try:
         victim = None
         deadline = time.monotonic() + 120

@@ -24,6 +24,7 @@ from tests.helpers import (
     database_url,
     deliveries,
     many,
+    start_send,
 )
 from tests.smtpserver import SMTPServer
 
@@ -46,17 +47,6 @@ def _env(site: Path, server: SMTPServer) -> dict[str, str]:
     return env
 
 
-def _start(site: Path, env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "newsletter", "send"],
-        cwd=site,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 @pytest.fixture
 def site(tmp_path: Path) -> Path:
     engine = open_database(database_url(tmp_path))
@@ -70,7 +60,7 @@ def test_kill_9_mid_send_then_resume_sends_each_reader_at_most_once(
 ) -> None:  # type: ignore[no-untyped-def]
     server = make_smtp_server(data_delay=0.02)  # slow enough to be killed midway
     env = _env(site, server)
-    victim = _start(site, env)
+    victim = start_send(site, env)
     server.wait_for(30, timeout=60)
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait(timeout=30)
@@ -103,7 +93,7 @@ def test_kill_9_mid_send_then_resume_sends_each_reader_at_most_once(
 def test_two_sends_at_once_never_double_mail(site: Path, make_smtp_server) -> None:  # type: ignore[no-untyped-def]
     server = make_smtp_server(data_delay=0.005)
     env = _env(site, server)
-    first, second = _start(site, env), _start(site, env)
+    first, second = start_send(site, env), start_send(site, env)
     outs = [p.communicate(timeout=120) for p in (first, second)]
     codes = sorted([first.returncode, second.returncode])
     assert codes in ([0, 0], [0, 1]), outs
