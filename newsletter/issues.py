@@ -134,6 +134,33 @@ class Created:
     skipped: int  # older new stories left out by --max-stories
     recipients: int
     reason: str = ""  # why no issue was made
+    held_back: int = 0  # new stories kept for the next issue to stay under MAX_HTML_BYTES
+
+
+#: Gmail clips HTML past ~102 KB and hides what follows: the footer with the unsubscribe link.
+MAX_HTML_BYTES = 95_000
+
+
+def render_within_size(
+    stories: list[Story],
+    settings: Settings,
+    *,
+    issue_id: int,
+    feed_title: str,
+    feed_link: str | None,
+) -> tuple[RenderedIssue, list[Story]]:
+    """Render, leaving the oldest stories for the next issue while the HTML is too big.
+
+    The stories left out stay new, so the next `newsletter send` carries them.
+    """
+    chosen = list(stories)
+    while True:
+        rendered = render_issue(
+            chosen, settings, issue_id=issue_id, feed_title=feed_title, feed_link=feed_link
+        )
+        if len(chosen) == 1 or len(rendered.html.encode("utf-8")) <= MAX_HTML_BYTES:
+            return rendered, chosen
+        chosen = chosen[:-1]  # newest first: drop the oldest
 
 
 def create_issue(
@@ -165,7 +192,8 @@ def create_issue(
         session.add(issue)
         session.flush()
         assert issue.id is not None
-        rendered = render_issue(
+        wanted = len(chosen)
+        rendered, chosen = render_within_size(
             chosen, settings, issue_id=issue.id, feed_title=feed.title, feed_link=feed.link
         )
         issue.subject, issue.html, issue.text = rendered.subject, rendered.html, rendered.text
@@ -187,7 +215,7 @@ def create_issue(
                 ).where(Subscriber.status == SubscriberStatus.ACTIVE),
             )
         )
-        return Created(issue, chosen, len(older), recipients)
+        return Created(issue, chosen, len(older), recipients, held_back=wanted - len(chosen))
 
 
 def baseline(engine: Engine, feed: Feed, *, fetched: FetchResult | None = None) -> int:

@@ -229,6 +229,11 @@ def _send_issues(
             min_stories=options.min_stories,
         )
     result.stories = created.stories
+    if created.held_back:
+        result.notes.append(
+            f"{created.held_back} older new stories were kept for the next issue, so that "
+            "this email stays under Gmail's clipping size."
+        )
     result.recipients = created.recipients
     if created.issue is None:
         result.notes.append(f"Nothing new to send: {created.reason}.")

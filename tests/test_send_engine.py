@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import email
 import shutil
+from email.policy import default
 from pathlib import Path
 
 import pytest
@@ -233,3 +235,44 @@ def test_rate_limit_spaces_messages(tmp_path: Path) -> None:
     transport = MemoryTransport()
     result = _send(engine, settings, transport)
     assert result.issues[0].report.sent == 10
+
+
+def test_a_huge_issue_keeps_older_stories_for_the_next_one(tmp_path: Path) -> None:
+    """Gmail clips HTML past ~102 KB, hiding the unsubscribe link: stay under it."""
+    items = "".join(
+        f"""<item><title>Story {n}: {"a long title about restraint and seclusion " * 3}</title>
+        <link>https://endseclusion.org/{n}/</link><guid>s{n}</guid>
+        <pubDate>Mon, {1 + n % 28:02d} Jan 2024 10:{n % 60:02d}:00 +0000</pubDate>
+        <description>{
+            "<p>"
+            + "Words about safer schools for every child. " * 25
+            + "</p>"
+            + "<p>"
+            + "More words. " * 40
+            + "</p>"
+        }</description></item>"""
+        for n in range(60)
+    )
+    (tmp_path / "feed.xml").write_text(
+        '<?xml version="1.0" encoding="UTF-8"?><rss version="2.0"><channel><title>AASR</title>'
+        f"<link>https://endseclusion.org</link>{items}</channel></rss>",
+        encoding="utf-8",
+    )
+    settings = settings_for(tmp_path)
+    engine = database(settings)
+    add_subscribers(engine, many(1))
+    transport = MemoryTransport()
+    first = _send(engine, settings, transport, max_stories=60)
+    assert any("kept for the next issue" in note for note in first.notes)
+    kept = 60 - len(first.stories)
+    assert 0 < kept < 60
+    html = email.message_from_bytes(transport.sent[0].data, policy=default).get_body(("html",))
+    assert len(html.get_content().encode()) <= 95_000
+    later: list[str] = []
+    for _ in range(10):  # the kept stories go out in the next issues, none twice
+        result = _send(engine, settings, transport, max_stories=60)
+        if not result.issues:
+            break
+        later += [s.title for s in result.stories]
+    assert len(later) == len(set(later)) == kept
+    assert {s.title for s in first.stories}.isdisjoint(later)
