@@ -122,6 +122,17 @@ def recover(engine: Engine, issue_id: int | None = None) -> int:
         return conn.execute(query).rowcount
 
 
+def is_due(now: datetime) -> sa.ColumnElement[bool]:
+    """A delivery to attempt now: pending, or deferred and its retry time has come."""
+    return sa.or_(
+        D.c.status == DeliveryStatus.PENDING,
+        sa.and_(
+            D.c.status == DeliveryStatus.DEFERRED,
+            sa.or_(D.c.next_attempt_at.is_(None), D.c.next_attempt_at <= now),
+        ),
+    )
+
+
 def due_recipients(engine: Engine, issue_id: int, *, now: datetime) -> Iterator[Recipient]:
     """Open deliveries of active subscribers, by id, in pages (memory stays flat)."""
     last = 0
@@ -132,13 +143,7 @@ def due_recipients(engine: Engine, issue_id: int, *, now: datetime) -> Iterator[
             .where(
                 D.c.issue_id == issue_id,
                 D.c.id > last,
-                sa.or_(
-                    D.c.status == DeliveryStatus.PENDING,
-                    sa.and_(
-                        D.c.status == DeliveryStatus.DEFERRED,
-                        sa.or_(D.c.next_attempt_at.is_(None), D.c.next_attempt_at <= now),
-                    ),
-                ),
+                is_due(now),
             )
             .order_by(D.c.id)
             .limit(PAGE)

@@ -243,18 +243,3 @@ def unfinished_issues(engine: Engine) -> list[Issue]:
     with read_session(engine) as session:
         query = select(Issue).where(Issue.status == IssueStatus.SENDING).order_by(col(Issue.id))
         return list(session.exec(query))
-
-
-def latest_issues(engine: Engine, limit: int = 5) -> list[Issue]:
-    with read_session(engine) as session:
-        return list(session.exec(select(Issue).order_by(col(Issue.id).desc()).limit(limit)))
-
-
-def delivery_counts(engine: Engine, issue_id: int) -> dict[str, int]:
-    with read_session(engine) as session:
-        query = (
-            select(Delivery.status, func.count())
-            .where(Delivery.issue_id == issue_id)
-            .group_by(Delivery.status)
-        )
-        return {status: n for status, n in session.exec(query)}

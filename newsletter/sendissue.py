@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine
 
 from newsletter.claims import Claims, shared_sends
 from newsletter.config import Settings
-from newsletter.delivery import Limiter, Policy, Report, Sender, due_recipients
+from newsletter.delivery import Limiter, Policy, Report, Sender, due_recipients, is_due
 from newsletter.heartbeat import WorkerRegistry
 from newsletter.message import MessageTemplate
 from newsletter.models import Delivery, DeliveryStatus, Issue, IssueStatus, utcnow
@@ -138,16 +138,7 @@ def _others_sending(engine: Engine, issue_id: int) -> bool:
 
 def _due_count(engine: Engine, issue_id: int) -> int:
     now = utcnow()
-    query = sa.select(sa.func.count()).where(
-        D.c.issue_id == issue_id,
-        sa.or_(
-            D.c.status == DeliveryStatus.PENDING,
-            sa.and_(
-                D.c.status == DeliveryStatus.DEFERRED,
-                sa.or_(D.c.next_attempt_at.is_(None), D.c.next_attempt_at <= now),
-            ),
-        ),
-    )
+    query = sa.select(sa.func.count()).where(D.c.issue_id == issue_id, is_due(now))
     with engine.connect() as conn:
         return conn.execute(query).scalar_one()
 

@@ -17,10 +17,9 @@ from newsletter.models import (
     Issue,
     SendLock,
     SendWorker,
-    Subscriber,
-    SubscriberStatus,
     utcnow,
 )
+from newsletter.subscribers import counts_by_status
 
 D = Delivery.__table__
 
@@ -62,15 +61,8 @@ class StatusReport:
 
 
 def status_report(engine: Engine, *, limit: int = 5) -> StatusReport:
+    subscribers = counts_by_status(engine)
     with engine.connect() as conn:
-        by_status = dict(
-            conn.execute(
-                sa.select(Subscriber.__table__.c.status, sa.func.count()).group_by(
-                    Subscriber.__table__.c.status
-                )
-            ).all()
-        )
-        subscribers = {name: by_status.get(name, 0) for name in SubscriberStatus.ALL}
         ISSUES = Issue.__table__
         rows = conn.execute(
             sa.select(ISSUES.c.id, ISSUES.c.created_at, ISSUES.c.status, ISSUES.c.subject)
