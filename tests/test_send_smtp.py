@@ -260,3 +260,18 @@ def test_both_envelope_styles_handle_refusals(tmp_path: Path, make_smtp_server, 
     assert (report.sent, report.bounced, report.deferred) == (3, 1, 1)
     assert sorted(server.recipients()) == many(3)
     assert all(not m.dropped for m in server.messages)
+
+
+def test_retry_failed_resends_only_the_failed_on_purpose(tmp_path: Path, make_smtp_server) -> None:  # type: ignore[no-untyped-def]
+    server = make_smtp_server(rcpt_replies={"odd@": "554 5.6.0 Message content rejected"})
+    settings, engine = _setup(tmp_path, server, ["odd@example.org", *many(2)])
+    result = _run(engine, settings)
+    assert result.issues[0].report.failed == 1
+    assert deliveries(engine)["odd@example.org"] == DeliveryStatus.FAILED
+    assert subscriber_status(engine, "odd@example.org") == SubscriberStatus.ACTIVE  # not a bounce
+    server.reset_behaviour()
+    server.clear()
+    assert not _run(engine, settings).issues  # failed is final unless asked
+    again = _run(engine, settings, retry_failed=True)
+    assert server.recipients() == ["odd@example.org"]
+    assert again.issues[0].finished
