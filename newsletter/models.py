@@ -71,6 +71,13 @@ class Subscriber(SQLModel, table=True):
     opt_in_at: datetime | None = _when()  # type: ignore[assignment]
     confirmed_at: datetime | None = _when()  # type: ignore[assignment]
     unsubscribed_at: datetime | None = _when()  # type: ignore[assignment]
+    # the confirm link's own clock: a later write to the row never extends it
+    confirm_issued_at: datetime | None = _when()  # type: ignore[assignment]
+    confirm_used_at: datetime | None = _when()  # type: ignore[assignment]  # "already confirmed"
+    # a confirmation email is owed from this time on (the serve worker sends it); None: none owed
+    confirm_send_at: datetime | None = _when(index=True)  # type: ignore[assignment]
+    confirm_attempts: int | None = Field(default=None)
+    confirm_error: str | None = Field(default=None, max_length=200)  # a permanent refusal
 
 
 class Suppression(SQLModel, table=True):

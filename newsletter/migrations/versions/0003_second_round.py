@@ -19,6 +19,24 @@ depends_on = None
 
 def upgrade() -> None:
     # -- section: subscribers / web (confirmation tokens) --
+    with op.batch_alter_table("subscriber", schema=None) as batch_op:
+        for name in ("confirm_issued_at", "confirm_used_at", "confirm_send_at"):
+            batch_op.add_column(
+                sa.Column(name, newsletter.models.UTCDateTime(timezone=True), nullable=True)
+            )
+        batch_op.add_column(sa.Column("confirm_attempts", sa.Integer(), nullable=True))
+        batch_op.add_column(
+            sa.Column(
+                "confirm_error", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=True
+            )
+        )
+        batch_op.create_index(
+            batch_op.f("ix_subscriber_confirm_send_at"), ["confirm_send_at"], unique=False
+        )
+    # an outstanding link keeps the age it had: it was issued at its last updated_at
+    op.execute(
+        "UPDATE subscriber SET confirm_issued_at = updated_at WHERE confirm_token IS NOT NULL"
+    )
     # -- section: bounces (matching) --
     # -- section: sending (worker identity) --
     pass
@@ -28,4 +46,13 @@ def downgrade() -> None:
     # -- section: sending (worker identity) --
     # -- section: bounces (matching) --
     # -- section: subscribers / web (confirmation tokens) --
-    pass
+    with op.batch_alter_table("subscriber", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_subscriber_confirm_send_at"))
+        for name in (
+            "confirm_error",
+            "confirm_attempts",
+            "confirm_send_at",
+            "confirm_used_at",
+            "confirm_issued_at",
+        ):
+            batch_op.drop_column(name)
