@@ -121,6 +121,28 @@ def _delays(value: str) -> tuple[float, ...]:
     return delays
 
 
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _rate_limit(value: str) -> tuple[int, float] | None:
+    """NEWSLETTER_SIGNUP_RATE_LIMIT: '5/10m' -> (5, 600.0); 'off' -> None (no limit)."""
+    if value.lower() in ("off", "none", "0"):
+        return None
+    count, _, window = value.replace(" ", "").partition("/")
+    unit = window[-1:].lower() if window[-1:].isalpha() else "s"
+    number = window[:-1] if window[-1:].isalpha() else window
+    try:
+        limit, seconds = int(count), float(number or "1") * _UNIT_SECONDS[unit]
+    except (ValueError, KeyError):
+        limit, seconds = 0, 0.0
+    if limit < 1 or seconds <= 0 or not window:
+        raise ConfigError(
+            f"NEWSLETTER_SIGNUP_RATE_LIMIT: {value!r} is not a limit like '5/10m' "
+            "(signups per IP address per 10 minutes) or 'off'"
+        )
+    return limit, seconds
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every setting, already validated. Build with `load_settings`."""
@@ -144,6 +166,7 @@ class Settings:
     dkim_selector: str | None = None
     bounce_address: str | None = None
     bounce_imap_url: str | None = field(default=None, repr=False)
+    signup_rate_limit: tuple[int, float] | None = (5, 600.0)  # signups per IP (/64) per window
 
     def require(self, *names: str) -> None:
         """Raise ConfigError for the first of `names` (attribute names) left unset."""
@@ -201,6 +224,7 @@ ENV_NAMES = {
     "dkim_selector": "NEWSLETTER_DKIM_SELECTOR",
     "bounce_address": "NEWSLETTER_BOUNCE_ADDRESS",
     "bounce_imap_url": "NEWSLETTER_BOUNCE_IMAP_URL",
+    "signup_rate_limit": "NEWSLETTER_SIGNUP_RATE_LIMIT",
 }
 
 
@@ -285,4 +309,6 @@ def load_settings(
                 "or imap+starttls://... (TLS is required)"
             )
         kwargs["bounce_imap_url"] = Secret(v)
+    if (v := get("signup_rate_limit")) is not None:
+        kwargs["signup_rate_limit"] = _rate_limit(v)
     return Settings(**kwargs)  # type: ignore[arg-type]
