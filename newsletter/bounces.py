@@ -10,11 +10,22 @@ Policy (as Mailman and Keila do it):
   is told;
 - auto-replies and delay warnings: recorded and ignored.
 
-Matching, in order of trust: the signed VERP token of the envelope recipient
-(or of the original's Return-Path), the original Message-ID
-(Delivery.message_id), the reported recipient address. A report whose token
-fails verification is forged or altered: it matches nobody and suppresses
-nobody, whatever else it claims.
+Matching: anyone can mail the bounce mailbox, so a report changes a subscriber
+only when it proves it is about a message we sent to them, and then only that
+one delivery:
+- the signed VERP token of the envelope recipient (or of the original's
+  Return-Path), HMAC-checked, names a delivery; a recipient the report names
+  must be that delivery's address;
+- else the original's Message-ID (Delivery.message_id), and the report must
+  name the address that Message-ID was sent to.
+The address a report names is never enough by itself. A token that fails
+verification marks the report forged: it matches nobody, whatever else it
+claims. Findings about any other address (a forged DSN may list hundreds) are
+recorded as unmatched. Unmatched reports suppress nobody; `bounces import` and
+`status` count them for the admin.
+
+Messages larger than MAX_MESSAGE_BYTES are skipped unread (bounces are small):
+the mailbox readers never hold more than that much of one message.
 
 Each report is stored once (BounceEvent.report_id), so re-reading a mailbox
 changes nothing.
@@ -22,7 +33,7 @@ changes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import islice
@@ -35,7 +46,7 @@ from sqlmodel import Session, select
 from newsletter.addresses import AddressError, normalise_address
 from newsletter.config import Settings
 from newsletter.db import read_session, write_session
-from newsletter.dsn import Finding, ParsedReport, parse_report
+from newsletter.dsn import Finding, ParsedReport, UnreadableReport, parse_report
 from newsletter.models import (
     BounceEvent,
     BounceKind,
@@ -49,8 +60,29 @@ from newsletter.verp import decode_token, find_token
 SOFT_LIMIT = 3
 SOFT_WINDOW = timedelta(days=30)
 BATCH = 100  # messages per transaction (and per IMAP move)
+MAX_MESSAGE_BYTES = 10 * 1024 * 1024  # a report is a few KB; a 40 MB one is no bounce
+MAX_NOTES = 20  # per kind of note in the printed report
 _MAILABLE = frozenset({SubscriberStatus.ACTIVE, SubscriberStatus.PENDING})
 _K = TypeVar("_K")
+
+
+class MatchedBy:
+    """How a report was tied to a delivery (BounceEvent.matched_by)."""
+
+    VERP = "verp"  # a valid VERP token
+    MESSAGE_ID = "message-id"  # the original's Message-ID, sent to the address named
+    FORGED = "forged"  # a VERP token that failed verification
+    MISMATCH = "mismatch"  # a valid token or Message-ID, but about another address
+    NONE = "none"  # no token, no Message-ID of ours
+
+    UNMATCHED = (FORGED, MISMATCH, NONE)
+
+
+@dataclass(frozen=True)
+class TooLarge:
+    """Stands for a message over MAX_MESSAGE_BYTES: skipped, never read whole."""
+
+    size: int  # its size in bytes, or at least this many when the rest was not read
 
 
 @dataclass
@@ -66,10 +98,14 @@ class BounceReport:
     ignored: int = 0  # auto-replies, delay warnings, successes
     unmatched: int = 0  # bounces and complaints that map to no subscriber
     forged: int = 0  # of which: a VERP token that failed verification
+    mismatched: int = 0  # of which: a valid token or Message-ID sent to another address
     suppressed_now: int = 0  # subscribers who could be mailed before this run
     not_reports: int = 0  # mail that is no report (left for a human)
     unreadable: int = 0  # could not be parsed at all (left where it was)
+    too_large: int = 0  # over MAX_MESSAGE_BYTES: skipped unread (left where it was)
     policy_notes: list[str] = field(default_factory=list)
+    unmatched_notes: list[str] = field(default_factory=list)
+    skipped_notes: list[str] = field(default_factory=list)  # too large or unreadable
     moved: int | None = None  # IMAP only
 
     def count(self, kind: str) -> None:
@@ -85,14 +121,13 @@ class BounceReport:
             f"complaints:     {self.complaints}",
             f"policy (5.7.x): {self.policy}",
             f"ignored:        {self.ignored} (auto-replies, delay warnings)",
-            f"unmatched:      {self.unmatched}"
-            + (f" ({self.forged} with a forged VERP token)" if self.forged else ""),
+            f"unmatched:      {self.unmatched}" + self._unmatched_detail(),
             f"suppressed now: {self.suppressed_now}",
         ]
-        if self.not_reports or self.unreadable:
+        if self.not_reports or self.unreadable or self.too_large:
             out.append(
-                f"not bounce reports: {self.not_reports}, unreadable: {self.unreadable}"
-                " (left for a person to read)"
+                f"not bounce reports: {self.not_reports}, unreadable: {self.unreadable},"
+                f" too large: {self.too_large} (left for a person to read)"
             )
         if self.moved is not None:
             out.append(f"moved to the processed folder: {self.moved}")
@@ -101,47 +136,94 @@ class BounceReport:
                 "Refused by policy (5.7.x): the sender's setup is wrong, nobody was suppressed."
                 " Check SPF, DKIM, DMARC and the sending IP's reputation:"
             )
-            out += [f"  {note}" for note in self.policy_notes]
+            out += _capped(self.policy_notes)
+        if self.unmatched_notes:
+            out.append(
+                "Unmatched (no valid VERP token, no Message-ID we sent to that address):"
+                " nobody was suppressed:"
+            )
+            out += _capped(self.unmatched_notes)
+        if self.skipped_notes:
+            out.append("Skipped, left where they were:")
+            out += _capped(self.skipped_notes)
         return out
+
+    def _unmatched_detail(self) -> str:
+        parts = []
+        if self.forged:
+            parts.append(f"{self.forged} with a forged VERP token")
+        if self.mismatched:
+            parts.append(f"{self.mismatched} about another address than the delivery's")
+        return f" ({', '.join(parts)})" if parts else ""
+
+
+def _capped(notes: list[str]) -> list[str]:
+    lines = [f"  {note}" for note in notes[:MAX_NOTES]]
+    if len(notes) > MAX_NOTES:
+        lines.append(f"  ... and {len(notes) - MAX_NOTES} more")
+    return lines
 
 
 @dataclass
 class _Match:
     delivery: Delivery | None = None
     subscriber: Subscriber | None = None
-    forged: bool = False
-    how: str = "none"  # "verp", "message-id", "recipient" or "none"
+    how: str = MatchedBy.NONE
 
 
 def _tokens(settings: Settings, addresses: Iterable[str]) -> list[str]:
     return [t for a in addresses if (t := find_token(settings, a)) is not None]
 
 
-def _match(session: Session, settings: Settings, report: ParsedReport) -> _Match:
-    """Find the delivery (or at least the subscriber) a report is about."""
-    tokens = _tokens(settings, [*report.envelope_addresses, *report.original_addresses])
-    for token in tokens:
-        delivery_id = decode_token(settings, token)
-        delivery = session.get(Delivery, delivery_id) if delivery_id is not None else None
-        if delivery is not None:
-            return _Match(delivery, session.get(Subscriber, delivery.subscriber_id), how="verp")
-    if tokens:
-        return _Match(forged=True)
-    for message_id in report.message_ids:
-        found = session.exec(select(Delivery).where(Delivery.message_id == message_id)).first()
-        if found is not None:
-            return _Match(found, session.get(Subscriber, found.subscriber_id), how="message-id")
-    return _Match()
-
-
-def _subscriber_by_address(session: Session, address: str | None) -> Subscriber | None:
+def _key(address: str | None) -> str | None:
+    """The identity key of an address as a report spells it (None for nothing usable)."""
     if not address:
         return None
     try:
-        key = normalise_address(address).key
+        return normalise_address(address).key
     except AddressError:
-        key = address.strip().casefold()
-    return session.exec(select(Subscriber).where(Subscriber.email_key == key)).first()
+        return address.strip().strip("<>").casefold() or None
+
+
+def _named(report: ParsedReport) -> set[str]:
+    """Every address the report names as the one that failed."""
+    spelled = [*report.named]
+    for finding in report.findings:
+        spelled += [finding.recipient or "", finding.original_recipient or ""]
+    return {key for a in spelled if (key := _key(a))}
+
+
+def _speaks_for(finding: Finding, key: str) -> bool:
+    """A finding applies to the delivery's address: it names it, or names nobody."""
+    if finding.recipient is None and finding.original_recipient is None:
+        return True
+    return key in {_key(finding.recipient), _key(finding.original_recipient)}
+
+
+def _match(session: Session, settings: Settings, report: ParsedReport) -> _Match:
+    """The one delivery a report proves it is about (see the module doc)."""
+    tokens = _tokens(settings, [*report.envelope_addresses, *report.original_addresses])
+    any_valid = False
+    for token in tokens:
+        delivery_id = decode_token(settings, token)
+        any_valid = any_valid or delivery_id is not None
+        delivery = session.get(Delivery, delivery_id) if delivery_id is not None else None
+        if delivery is not None:
+            sub = session.get(Subscriber, delivery.subscriber_id)
+            return _Match(delivery, sub, MatchedBy.VERP)
+    if tokens and not any_valid:
+        return _Match(how=MatchedBy.FORGED)
+    named = _named(report)
+    how = MatchedBy.NONE
+    for message_id in report.message_ids:
+        found = session.exec(select(Delivery).where(Delivery.message_id == message_id)).first()
+        if found is None:
+            continue
+        sub = session.get(Subscriber, found.subscriber_id)
+        if sub is not None and sub.email_key in named:
+            return _Match(found, sub, MatchedBy.MESSAGE_ID)
+        how = MatchedBy.MISMATCH  # our Message-ID, but the report is about someone else
+    return _Match(how=how)
 
 
 def _soft_limit_reached(session: Session, subscriber_id: int) -> bool:
@@ -197,7 +279,7 @@ def _record(
     now: datetime,
     out: BounceReport,
 ) -> None:
-    """Store one report's findings and apply the policy to each."""
+    """Store one report's findings; apply the policy to those about the matched delivery."""
     seen = session.exec(
         select(BounceEvent.id).where(BounceEvent.report_id == report.report_id)
     ).first()
@@ -209,9 +291,12 @@ def _record(
     received = report.received_at if report.received_at and report.received_at <= now else now
     for index, finding in enumerate(report.findings):
         sub = match.subscriber
-        if sub is None and not match.forged:
-            sub = _subscriber_by_address(session, finding.recipient)
-        event = _event(report, finding, index, match, sub, source, received)
+        applies = sub is not None and _speaks_for(finding, sub.email_key)
+        how = match.how if applies or sub is None else MatchedBy.MISMATCH
+        if not applies:
+            sub = None
+        event = _event(report, finding, index, match if applies else _Match(how=how), sub)
+        event.source, event.received_at = source[:500], received
         session.add(event)
         session.flush()  # the soft-bounce count below sees this event
         out.count(finding.kind)
@@ -219,7 +304,9 @@ def _record(
             continue
         if sub is None:
             out.unmatched += 1
-            out.forged += match.forged
+            out.forged += how == MatchedBy.FORGED
+            out.mismatched += how == MatchedBy.MISMATCH
+            out.unmatched_notes.append(_unmatched_note(finding, how, source))
         if finding.kind == BounceKind.POLICY:
             out.policy_notes.append(_policy_note(finding, sub, report))
         if _apply(session, event, sub, now):
@@ -228,14 +315,20 @@ def _record(
             session.add(sub)
 
 
+_WHY = {
+    MatchedBy.FORGED: "forged VERP token",
+    MatchedBy.MISMATCH: "token or Message-ID of a delivery to another address",
+    MatchedBy.NONE: "no VERP token or Message-ID of ours",
+}
+
+
+def _unmatched_note(finding: Finding, how: str, source: str) -> str:
+    who = finding.recipient or "no recipient named"
+    return f"{source}: {finding.kind} {finding.status_code or ''} {who} ({_WHY[how]})"[:300]
+
+
 def _event(
-    report: ParsedReport,
-    finding: Finding,
-    index: int,
-    match: _Match,
-    sub: Subscriber | None,
-    source: str,
-    received: datetime,
+    report: ParsedReport, finding: Finding, index: int, match: _Match, sub: Subscriber | None
 ) -> BounceEvent:
     delivery = match.delivery
     return BounceEvent(
@@ -247,8 +340,7 @@ def _event(
         delivery_id=delivery.id if delivery else None,
         subscriber_id=sub.id if sub else None,
         issue_id=delivery.issue_id if delivery else None,
-        source=source[:500],
-        received_at=received,
+        matched_by=match.how,
     )
 
 
@@ -257,45 +349,74 @@ def _policy_note(finding: Finding, sub: Subscriber | None, report: ParsedReport)
     return f"{who}: {finding.status_code or '?'} {finding.diagnostic or report.subject}"[:300]
 
 
-def _chunks(items: Iterable[_K], size: int) -> Iterator[list[_K]]:
-    iterator = iter(items)
-    while chunk := list(islice(iterator, size)):
-        yield chunk
+def _read(source: str, raw: bytes | TooLarge, out: BounceReport) -> ParsedReport | None:
+    """One message read, or None (counted and noted) when it is no report to record."""
+    if isinstance(raw, TooLarge):
+        out.too_large += 1
+        out.skipped_notes.append(
+            f"{source}: {raw.size:,} bytes or more, over the {MAX_MESSAGE_BYTES:,}-byte limit"
+            " for a report: not read"
+        )
+        return None
+    try:
+        report = parse_report(raw)
+    except UnreadableReport as exc:
+        out.unreadable += 1
+        out.skipped_notes.append(f"{source}: {exc.message}")
+        return None
+    if not report.is_report:
+        out.not_reports += 1
+        return None
+    return report
 
 
 def process_messages(
     engine: Engine,
     settings: Settings,
-    messages: Iterable[tuple[_K, str, bytes]],
+    messages: Iterable[tuple[_K, str, bytes | TooLarge]],
     *,
     now: datetime | None = None,
     on_commit: Callable[[Sequence[_K]], None] | None = None,
 ) -> BounceReport:
     """Read, match and record `(key, source, raw bytes)` messages; apply the policy.
 
-    One transaction per batch; `on_commit(keys)` is then called with the keys of
-    the messages that are recorded (or were already): the IMAP fetcher moves
-    exactly those, so mail that is no report, or unreadable, stays where it is.
+    Messages are taken one at a time and parsed outside any transaction (only
+    the small parsed reports of a batch are kept), so memory stays bounded by
+    one message and the database is locked only while a batch is recorded.
+    `on_commit(keys)` is then called with the keys of the messages recorded (or
+    seen before): the IMAP fetcher moves exactly those, so mail that is no
+    report, unreadable or too large stays where it is.
     """
     out = BounceReport()
     now = now or utcnow()
-    for chunk in _chunks(messages, BATCH):
-        done: list[_K] = []
-        with write_session(engine) as session:
-            for key, source, raw in chunk:
-                try:
-                    report = parse_report(raw)
-                except Exception:  # noqa: BLE001 - one broken message must not stop the rest
-                    out.unreadable += 1
-                    continue
-                if not report.is_report:
-                    out.not_reports += 1
-                    continue
-                _record(session, settings, report, source, now, out)
-                done.append(key)
-        if on_commit is not None and done:
-            on_commit(done)
-    return out
+    iterator = iter(messages)
+    while True:
+        batch: list[tuple[_K, str, ParsedReport]] = []
+        taken = 0
+        for key, source, raw in islice(iterator, BATCH):
+            taken += 1
+            report = _read(source, raw, out)
+            del raw  # only the parsed report stays
+            if report is not None:
+                batch.append((key, source, report))
+        if batch:
+            with write_session(engine) as session:
+                for _, source, report in batch:
+                    _record(session, settings, report, source, now, out)
+            if on_commit is not None:
+                on_commit([key for key, _, _ in batch])
+        if taken < BATCH:
+            return out
+
+
+def unmatched_report_count(engine: Engine) -> int:
+    """Bounces and complaints recorded that changed nobody (no proof they were ours)."""
+    table = BounceEvent.__table__  # type: ignore[attr-defined]
+    query = sa.select(sa.func.count()).where(
+        table.c.subscriber_id.is_(None), table.c.kind != BounceKind.IGNORED
+    )
+    with read_session(engine) as session:
+        return int(session.execute(query).scalar_one())
 
 
 def bounce_counts_by_issue(engine: Engine) -> dict[int, dict[str, int]]:

@@ -6,12 +6,18 @@ feedback-report), then non-standard bounces (qmail, old Exchange, home-grown
 MTAs) read by heuristics. Auto-replies are recognised (RFC 3834 and the usual
 vendor headers) so that an out-of-office never counts as a bounce. Every report
 also yields the addresses that may hold our VERP token and the Message-IDs of
-the original message, which the caller uses to find the delivery.
+the original message, which the caller uses to find the delivery, and the
+addresses the report names as the failed recipient, which the caller checks
+against that delivery (a report may only speak for the address we sent to).
+
+Everything here reads attacker-controlled bytes: lists and strings taken from a
+report are capped, and any failure to read one is an UnreadableReport.
 """
 
 from __future__ import annotations
 
 import email
+import email.errors
 import email.policy
 import hashlib
 import re
@@ -21,6 +27,7 @@ from email.message import EmailMessage, Message
 from email.parser import BytesHeaderParser, HeaderParser
 from email.utils import getaddresses, parsedate_to_datetime
 
+from newsletter.errors import NewsletterError
 from newsletter.models import BounceKind
 
 _ENHANCED = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
@@ -55,6 +62,15 @@ ENVELOPE_HEADERS = (
     "Cc",
 )
 MAX_REPORT_ID = 480
+#: per report: findings (recipients) read, and addresses or Message-IDs kept
+MAX_FINDINGS = 100
+MAX_ADDRESSES = 50
+
+
+class UnreadableReport(NewsletterError):
+    """A message of the bounce mailbox that cannot be read at all (left for a person)."""
+
+    hint = "It was left where it was; nobody was suppressed."
 
 
 @dataclass(frozen=True)
@@ -65,6 +81,7 @@ class Finding:
     status_code: str | None = None  # e.g. "5.1.1"
     diagnostic: str | None = None
     recipient: str | None = None  # Final-Recipient / Original-Rcpt-To, if given
+    original_recipient: str | None = None  # DSN Original-Recipient (before forwarding)
 
 
 @dataclass
@@ -77,6 +94,7 @@ class ParsedReport:
     envelope_addresses: list[str] = field(default_factory=list)  # may hold a VERP token
     original_addresses: list[str] = field(default_factory=list)  # Return-Path etc. of ours
     message_ids: list[str] = field(default_factory=list)  # of the original message
+    named: list[str] = field(default_factory=list)  # X-Failed-Recipients, the original's To
     received_at: datetime | None = None
     subject: str = ""
 
@@ -168,16 +186,17 @@ def _dsn_findings(part: Message) -> list[Finding]:
         if not any(block.get(n) for n in ("Final-Recipient", "Original-Recipient", "Action")):
             continue  # the per-message block
         action = _text(block.get("Action")).lower()
-        recipient = _typed_address(_text(block.get("Final-Recipient"))) or _typed_address(
-            _text(block.get("Original-Recipient"))
-        )
+        original = _typed_address(_text(block.get("Original-Recipient")))
+        recipient = _typed_address(_text(block.get("Final-Recipient"))) or original
         diagnostic = _text(block.get("Diagnostic-Code"))[:1000] or None
         code = status_code(_text(block.get("Status")), diagnostic)
         if action in ("delivered", "relayed", "expanded", "delayed"):
             kind = BounceKind.IGNORED  # a delay is a warning: the final report follows
         else:
             kind = classify(code, diagnostic)
-        findings.append(Finding(kind, code, diagnostic, recipient))
+        findings.append(Finding(kind, code, diagnostic, recipient, original))
+        if len(findings) >= MAX_FINDINGS:
+            break  # a report speaks for one delivery at most: the rest is noise
     return findings
 
 
@@ -214,8 +233,18 @@ def _original_headers(msg: Message) -> list[Message]:
 
 
 def _addresses(msg: Message, names: tuple[str, ...]) -> list[str]:
-    values = [_text(v) for name in names for v in msg.get_all(name) or []]
-    return [addr for _, addr in getaddresses(values) if "@" in addr]
+    values = [_text(v)[:10_000] for name in names for v in (msg.get_all(name) or [])[:10]]
+    found = [addr[:320] for _, addr in getaddresses(values) if "@" in addr]
+    return found[:MAX_ADDRESSES]
+
+
+def _extend(target: list[str], items: list[str]) -> None:
+    """Add new items, keeping at most MAX_ADDRESSES."""
+    for item in items:
+        if len(target) >= MAX_ADDRESSES:
+            return
+        if item not in target:
+            target.append(item)
 
 
 def _body_text(msg: Message, limit: int = 200_000) -> str:
@@ -276,7 +305,28 @@ def _heuristic_findings(msg: Message) -> tuple[list[Finding], list[str]]:
 
 
 def parse_report(raw: bytes) -> ParsedReport:
-    """Read one message of the bounce mailbox."""
+    """Read one message of the bounce mailbox; UnreadableReport when it cannot be read.
+
+    The email package raises many kinds of errors on hostile input (bad
+    charsets, broken encodings, deep nesting): none of them may stop an import.
+    """
+    try:
+        return _parse(raw)
+    except NewsletterError:
+        raise
+    except (
+        ValueError,  # also UnicodeError and email.errors.HeaderParseError
+        LookupError,  # unknown charsets, KeyError, IndexError
+        TypeError,
+        AttributeError,
+        AssertionError,
+        RecursionError,
+        email.errors.MessageError,
+    ) as exc:
+        raise UnreadableReport(f"unreadable message ({type(exc).__name__})") from None
+
+
+def _parse(raw: bytes) -> ParsedReport:
     msg = email.message_from_bytes(raw, policy=email.policy.default)
     assert isinstance(msg, EmailMessage)
     report = ParsedReport(
@@ -286,9 +336,13 @@ def parse_report(raw: bytes) -> ParsedReport:
         received_at=_date(msg),
         subject=_text(msg.get("Subject"))[:200],
     )
-    for original in _original_headers(msg):
-        report.original_addresses += _addresses(original, ("Return-Path", "Sender"))
-        report.message_ids += _MSGID.findall(_text(original.get("Message-ID")))
+    _extend(report.named, _addresses(msg, ("X-Failed-Recipients",)))
+    for original in _original_headers(msg)[:MAX_ADDRESSES]:
+        _extend(report.original_addresses, _addresses(original, ("Return-Path", "Sender")))
+        _extend(report.message_ids, _MSGID.findall(_text(original.get("Message-ID"))[:1000]))
+        _extend(report.named, _addresses(original, ("To",)))
+    # Exchange quotes no original headers, but answers the original's Message-ID
+    _extend(report.message_ids, _MSGID.findall(_text(msg.get("In-Reply-To"))[:1000]))
     if msg.get_content_type() == "multipart/report":
         for part in msg.walk():
             ctype = part.get_content_type()
@@ -299,7 +353,8 @@ def parse_report(raw: bytes) -> ParsedReport:
                 report.format = "arf"
                 findings, envelope = _arf_findings(part)
                 report.findings += findings
-                report.original_addresses += envelope
+                _extend(report.original_addresses, envelope)
+        del report.findings[MAX_FINDINGS:]
         if report.format == "dsn" and not report.findings:
             report.findings.append(Finding(BounceKind.SOFT))
         if report.format != "other":
@@ -307,7 +362,7 @@ def parse_report(raw: bytes) -> ParsedReport:
     if _looks_like_bounce(msg):
         report.format = "bounce"
         report.findings, ids = _heuristic_findings(msg)
-        report.message_ids += [i for i in ids if i not in report.message_ids]
+        _extend(report.message_ids, ids)
     elif is_auto_reply(msg):
         report.format = "auto-reply"
         report.findings = [Finding(BounceKind.IGNORED, diagnostic="auto-reply")]

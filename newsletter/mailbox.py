@@ -6,6 +6,9 @@ Local files are only read (re-reading them is harmless: reports are stored
 once). On IMAP, recorded messages are moved to a "Processed" folder after
 their batch is committed, never before, and never deleted: mail that is no
 report or cannot be read stays in the mailbox for a person.
+
+No reader holds more than MAX_MESSAGE_BYTES of one message: a larger one is
+passed on as TooLarge (its size), never read whole, and reported as skipped.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from urllib.parse import unquote, urlsplit
 
 from sqlalchemy.engine import Engine
 
-from newsletter.bounces import BounceReport, process_messages
+from newsletter.bounces import MAX_MESSAGE_BYTES, BounceReport, TooLarge, process_messages
 from newsletter.config import Secret, Settings
 from newsletter.errors import ConfigError, ImportFileError
 
@@ -30,16 +33,17 @@ DEFAULT_FOLDER = "Processed"
 IMAP_TIMEOUT = 60.0
 _IMAP_HINT = "Check NEWSLETTER_BOUNCE_IMAP_URL; no message was moved."
 _UID = re.compile(rb"\bUID (\d+)")
+_SIZE = re.compile(rb"\bRFC822\.SIZE (\d+)")
+_LINE = 64 * 1024  # an mbox is read a line (or this much of a long line) at a time
+Message = tuple[str, str, bytes | TooLarge]
 
 
-def read_local(path: Path) -> Iterator[tuple[str, str, bytes]]:
+def read_local(path: Path, *, limit: int = MAX_MESSAGE_BYTES) -> Iterator[Message]:
     """The messages of an mbox file or a Maildir folder, oldest first where known."""
     if path.is_dir():
         if not all((path / sub).is_dir() for sub in ("cur", "new", "tmp")):
             raise ImportFileError(f"{path} is a folder but not a Maildir (no cur/, new/, tmp/)")
-        maildir = mailbox.Maildir(path, factory=None, create=False)
-        for key in sorted(maildir.keys()):
-            yield key, f"{path.name}/{key}", maildir.get_bytes(key)
+        yield from _read_maildir(path, limit)
         return
     if not path.is_file():
         raise ImportFileError(f"{path}: no such file or folder")
@@ -50,17 +54,73 @@ def read_local(path: Path) -> Iterator[tuple[str, str, bytes]]:
             f"{path} is not an mbox file (it must start with a 'From ' line)",
             hint="Give an mbox file or a Maildir folder; nothing was imported.",
         )
-    box = mailbox.mbox(path, create=False)
-    try:
-        for key in box.iterkeys():
-            yield str(key), f"{path.name}#{key}", box.get_bytes(key)
-    finally:
-        box.close()
+    yield from _read_mbox(path, limit)
 
 
-def import_path(engine: Engine, settings: Settings, path: Path) -> BounceReport:
+def _read_maildir(path: Path, limit: int) -> Iterator[Message]:
+    """Each message's size is looked at before its bytes are read."""
+    maildir = mailbox.Maildir(path, factory=None, create=False)
+    for key in sorted(maildir.keys()):
+        handle = maildir.get_file(key)
+        try:
+            handle.seek(0, 2)
+            size = handle.tell()
+            handle.seek(0)
+            raw: bytes | TooLarge = handle.read() if size <= limit else TooLarge(size)
+        finally:
+            handle.close()
+        yield key, f"{path.name}/{key}", raw
+
+
+def _read_mbox(path: Path, limit: int) -> Iterator[Message]:
+    """An mbox split as `mailbox.mbox` splits it (the same bytes), streamed.
+
+    `mailbox.mbox.get_bytes` reads a whole message into memory, however large;
+    here a message is collected only up to `limit` bytes, and past that only
+    its size is counted until the next 'From ' line.
+    """
+    index = -1
+    parts: list[bytes] | None = None  # None: over the limit (or before the first message)
+    size = 0
+    last_empty = False  # the last whole line was empty: it separates, it is not content
+    line_start = True  # the next chunk starts a line
+    in_from = False  # inside a long 'From ' line
+
+    def finished() -> Message:
+        key = str(index)
+        if parts is None:
+            return key, f"{path.name}#{key}", TooLarge(size)
+        raw = b"".join(parts)
+        return key, f"{path.name}#{key}", raw[:-1] if last_empty else raw
+
+    with path.open("rb") as handle:
+        while chunk := handle.readline(_LINE):
+            ends_line = chunk.endswith(b"\n")
+            if line_start and chunk.startswith(b"From "):
+                if index >= 0:
+                    yield finished()
+                index, parts, size, last_empty = index + 1, [], 0, False
+                in_from = not ends_line
+            elif in_from:
+                in_from = not ends_line
+            elif index >= 0:
+                size += len(chunk)
+                if parts is not None:
+                    if size > limit:
+                        parts = None  # drop what was read: it is no report
+                    else:
+                        parts.append(chunk)
+                last_empty = line_start and chunk == b"\n"
+            line_start = ends_line
+    if index >= 0:
+        yield finished()
+
+
+def import_path(
+    engine: Engine, settings: Settings, path: Path, *, limit: int = MAX_MESSAGE_BYTES
+) -> BounceReport:
     """`newsletter bounces import PATH`."""
-    return process_messages(engine, settings, read_local(path))
+    return process_messages(engine, settings, read_local(path, limit=limit))
 
 
 @dataclass(frozen=True)
@@ -172,12 +232,32 @@ class ImapMailbox:
         data = _check(self.conn.uid("SEARCH", None, "ALL"), "SEARCH")
         return [uid for uid in (data[0] or b"").split() if uid] if data else []  # type: ignore[union-attr]
 
-    def messages(self) -> Iterator[tuple[bytes, str, bytes]]:
-        for uid in self.uids():
+    def sizes(self, uids: list[bytes]) -> dict[bytes, int]:
+        """RFC822.SIZE of each message, asked before any body is fetched."""
+        found: dict[bytes, int] = {}
+        for start in range(0, len(uids), 500):
+            uid_set = b",".join(uids[start : start + 500]).decode("ascii")
+            for item in _check(self.conn.uid("FETCH", uid_set, "(RFC822.SIZE)"), "FETCH SIZE"):
+                line = item[0] if isinstance(item, tuple) else item
+                if isinstance(line, bytes) and (uid := _UID.search(line)):
+                    size = _SIZE.search(line)
+                    found[uid[1]] = int(size[1]) if size else 0
+        return found
+
+    def messages(
+        self, limit: int = MAX_MESSAGE_BYTES
+    ) -> Iterator[tuple[bytes, str, bytes | TooLarge]]:
+        uids = self.uids()
+        sizes = self.sizes(uids) if uids else {}
+        for uid in uids:
+            source = f"imap:{self.name}/{uid.decode()}"
+            if sizes.get(uid, 0) > limit:
+                yield uid, source, TooLarge(sizes[uid])
+                continue
             data = _check(self.conn.uid("FETCH", uid, "(BODY.PEEK[])"), f"FETCH {uid!r}")
             for item in data:
                 if isinstance(item, tuple) and _UID.search(item[0]):
-                    yield uid, f"imap:{self.name}/{uid.decode()}", item[1]
+                    yield uid, source, item[1]
                     break
 
     def move(self, uids: Sequence[bytes]) -> None:

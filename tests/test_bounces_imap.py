@@ -58,7 +58,7 @@ def test_fetch_processes_the_mailbox_and_moves_the_reports(
 
     assert result.exit_code == 0, result.output + dovecot.log_text()
     numbers = report_numbers(result.output)
-    assert numbers["processed"] == 10 and numbers["suppressed now"] == 6
+    assert numbers["processed"] == 10 and numbers["suppressed now"] == 5
     assert numbers["hard bounces"] == 6 and numbers["complaints"] == 1
     assert "not bounce reports: 1" in result.output
     assert "moved to the processed folder: 10" in result.output

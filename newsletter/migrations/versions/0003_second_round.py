@@ -38,6 +38,10 @@ def upgrade() -> None:
         "UPDATE subscriber SET confirm_issued_at = updated_at WHERE confirm_token IS NOT NULL"
     )
     # -- section: bounces (matching) --
+    with op.batch_alter_table("bounce_event", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("matched_by", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=True)
+        )
     # -- section: sending (worker identity) --
     pass
 
@@ -45,6 +49,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     # -- section: sending (worker identity) --
     # -- section: bounces (matching) --
+    with op.batch_alter_table("bounce_event", schema=None) as batch_op:
+        batch_op.drop_column("matched_by")
     # -- section: subscribers / web (confirmation tokens) --
     with op.batch_alter_table("subscriber", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_subscriber_confirm_send_at"))
