@@ -29,6 +29,7 @@ from newsletter.fetch import (  # noqa: F401 (fetch_feed and FetchResult re-expo
     FetchResult,
     _root_element,
     fetch_feed,
+    html_page_hint,
 )
 from newsletter.sanitize import (
     clean_html,
@@ -91,7 +92,9 @@ def parse_feed(data: bytes, *, base_url: str | None = None) -> Feed:
     if not data or not data.strip():
         raise FeedError(f"{label} is empty: no feed was received.")
     if _root_element(data) == "html":
-        raise FeedError(f"{label} returned an HTML page, not a feed.", hint=_HTML_HINT)
+        raise FeedError(
+            f"{label} returned an HTML page, not a feed.", hint=html_page_hint(data, base_url)
+        )
     parsed = feedparser.parse(io.BytesIO(data), sanitize_html=False, resolve_relative_uris=False)
     problem = parsed.get("bozo_exception")
     if not parsed.entries and (

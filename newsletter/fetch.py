@@ -7,6 +7,8 @@ an HTML challenge page from a CDN is caught here by its content type and root.
 
 from __future__ import annotations
 
+import functools
+import html.parser
 import http.client
 import io
 import re
@@ -25,6 +27,7 @@ from newsletter.errors import FeedError
 from newsletter.sanitize import (
     clean_text,
     display_url,
+    safe_url,
 )
 
 DEFAULT_USER_AGENT = "newsletter/0.1 (RSS-to-email newsletter)"
@@ -56,32 +59,49 @@ def fetch_feed(
     source: str,
     *,
     timeout: float = 20.0,
+    deadline: float | None = None,
     etag: str | None = None,
     last_modified: str | None = None,
     user_agent: str = DEFAULT_USER_AGENT,
 ) -> FetchResult:
     """The raw bytes of a feed from an http(s) URL, a file:// URL or a path.
 
-    `timeout` bounds the connection and each read; the whole download gets
-    three times that, so a server that trickles bytes cannot hang a cron job.
+    `timeout` bounds each wait (connect, each read); `deadline` (default three
+    times `timeout`) bounds the whole fetch, headers and body included, so a
+    server that trickles bytes cannot hang a cron job.
     """
     source = (source or "").strip()
     if not source:
         raise FeedError("No feed given: set NEWSLETTER_FEED_URL to a URL or a file path.")
     scheme = urlsplit(source).scheme.lower()
     if scheme in ("http", "https"):
-        return _fetch_http(source, timeout, etag, last_modified, user_agent)
+        budget = _Deadline(3 * timeout if deadline is None else deadline, timeout)
+        return _fetch_http(source, budget, etag, last_modified, user_agent)
     if scheme == "file":
         return _read_file(Path(urllib.request.url2pathname(urlsplit(source).path)))
     if len(scheme) > 1:  # one letter is a Windows drive, not a scheme
+        if _HOST_AND_PORT.match(source):
+            raise FeedError(
+                f"{source} has no scheme and is no file path; did you mean http://{source} ?"
+            )
         raise FeedError(f"Unsupported feed address {source!r}: use http(s) or a file path.")
-    return _read_file(Path(source))
+    return _read_file(Path(source), source)
 
 
-def _read_file(path: Path) -> FetchResult:
+# "localhost:8000/feed" parses as the scheme "localhost"
+_HOST_AND_PORT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*:\d{1,5}(?:[/?#]|$)")
+
+
+def _read_file(path: Path, given: str | None = None) -> FetchResult:
     if path.is_dir():
         raise FeedError(f"{path} is a directory, not a feed file.")
     if not path.exists():
+        if given is not None and _looks_like_a_web_address(given):
+            raise FeedError(
+                f"{given} is not a file here; did you mean https://{given} ?",
+                hint="A feed URL needs its scheme: set NEWSLETTER_FEED_URL=https://... "
+                "(a value without one is read as a file path).",
+            )
         raise FeedError(f"Feed file not found: {path}")
     try:
         with path.open("rb") as handle:
@@ -91,6 +111,169 @@ def _read_file(path: Path) -> FetchResult:
     if len(data) > MAX_FEED_BYTES:
         raise _too_large(path)
     return FetchResult(data=data, url=str(path))
+
+
+def _looks_like_a_web_address(given: str) -> bool:
+    """`endseclusion.org/feed`: a host name with a known public suffix, then a path.
+
+    Only asked once no such file exists; `feed.xml` is no host (xml is no suffix).
+    """
+    host = re.split(r"[/?#]", given, maxsplit=1)[0].lower().rstrip(".")
+    if host.startswith("www."):
+        return True
+    if "." not in host or not re.fullmatch(r"[a-z0-9.-]+", host):
+        return False
+    suffix = _public_suffixes().publicsuffix(host, accept_unknown=False)
+    return suffix is not None and suffix != host
+
+
+def _public_suffixes() -> Any:
+    """The Public Suffix List the publicsuffixlist package ships (loaded once)."""
+    global _PSL
+    if _PSL is None:
+        from publicsuffixlist import PublicSuffixList
+
+        _PSL = PublicSuffixList()
+    return _PSL
+
+
+_PSL: Any = None
+
+
+class _DeadlinePassed(TimeoutError):
+    """The whole fetch ran past its deadline (raised by a socket wait)."""
+
+
+class _Deadline:
+    """The whole fetch's time budget: every socket wait gets at most what is left."""
+
+    def __init__(self, seconds: float, per_wait: float) -> None:
+        self.seconds = seconds
+        self.per_wait = per_wait
+        self.end = time.monotonic() + seconds
+
+    def wait(self) -> float:
+        """The timeout for the next socket wait; raises once the budget is spent."""
+        left = self.end - time.monotonic()
+        if left <= 0:
+            raise _DeadlinePassed(f"the fetch took longer than {self.seconds:g} seconds")
+        return min(self.per_wait, left)
+
+    def passed(self) -> bool:
+        return time.monotonic() >= self.end
+
+
+class _DeadlineSocket:
+    """The connection's socket, each send and read bounded by the fetch's deadline.
+
+    http.client reads headers and body through `makefile("rb")`; a per-read
+    timeout alone lets a server sending one byte a second hold a fetch for
+    as long as it likes, so every read here waits only what is left.
+    """
+
+    def __init__(self, sock: socket.socket, deadline: _Deadline) -> None:
+        self._sock = sock
+        self._deadline = deadline
+        self._readers = 0
+        self._closed = False
+
+    def recv_into(self, buffer: Any) -> int:
+        self._sock.settimeout(self._deadline.wait())
+        try:
+            return self._sock.recv_into(buffer)
+        except TimeoutError:
+            if self._deadline.passed():
+                raise _DeadlinePassed(
+                    f"the fetch took longer than {self._deadline.seconds:g} seconds"
+                ) from None
+            raise
+
+    def sendall(self, data: bytes) -> None:
+        self._sock.settimeout(self._deadline.wait())
+        self._sock.sendall(data)
+
+    def makefile(self, mode: str = "rb", *args: object, **kwargs: object) -> io.BufferedReader:
+        if mode != "rb":
+            raise ValueError(f"unsupported makefile mode {mode!r}")
+        self._readers += 1
+        return io.BufferedReader(_DeadlineReader(self))
+
+    def close(self) -> None:
+        """Like socket.close: the fd stays open while a reader made by makefile is."""
+        self._closed = True
+        if not self._readers:
+            self._sock.close()
+
+    def reader_closed(self) -> None:
+        self._readers -= 1
+        if self._closed and not self._readers:
+            self._sock.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The raw stream under the response's buffered reader."""
+
+    def __init__(self, sock: _DeadlineSocket) -> None:
+        super().__init__()
+        self._owner = sock
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        return self._owner.recv_into(buffer)
+
+    def close(self) -> None:
+        if not self.closed:
+            super().close()
+            self._owner.reader_closed()
+
+
+class _DeadlineHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline = deadline
+
+    def connect(self) -> None:
+        self.timeout = self._deadline.wait()
+        super().connect()
+        self.sock = _DeadlineSocket(self.sock, self._deadline)  # type: ignore[assignment]
+
+
+class _DeadlineHTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline = deadline
+
+    def connect(self) -> None:
+        self.timeout = self._deadline.wait()  # bounds the TCP connect and the TLS handshake
+        super().connect()
+        self.sock = _DeadlineSocket(self.sock, self._deadline)  # type: ignore[assignment]
+
+
+class _DeadlineHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self._deadline = deadline
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(  # type: ignore[no-any-return]
+            functools.partial(_DeadlineHTTPConnection, deadline=self._deadline), req
+        )
+
+
+class _DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self._deadline = deadline
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(  # type: ignore[no-any-return]
+            functools.partial(_DeadlineHTTPSConnection, deadline=self._deadline), req
+        )
 
 
 class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
@@ -111,7 +294,7 @@ class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
 
 
 def _fetch_http(
-    url: str, timeout: float, etag: str | None, last_modified: str | None, user_agent: str
+    url: str, deadline: _Deadline, etag: str | None, last_modified: str | None, user_agent: str
 ) -> FetchResult:
     shown = display_url(url)
     headers = {"User-Agent": user_agent, "Accept": _ACCEPT, "Accept-Encoding": "gzip, deflate"}
@@ -119,8 +302,10 @@ def _fetch_http(
         headers["If-None-Match"] = etag
     if last_modified:
         headers["If-Modified-Since"] = last_modified
-    opener = urllib.request.build_opener(_HttpOnlyRedirects)
-    deadline = time.monotonic() + 3 * timeout
+    opener = urllib.request.build_opener(
+        _HttpOnlyRedirects, _DeadlineHTTPHandler(deadline), _DeadlineHTTPSHandler(deadline)
+    )
+    timeout = deadline.per_wait
     try:
         request = urllib.request.Request(url, headers=headers)
         with opener.open(request, timeout=timeout) as response:
@@ -151,11 +336,13 @@ def _fetch_http(
     except ValueError as exc:
         raise FeedError(f"Invalid feed URL {shown}: {exc}") from None
     if content_type == "text/html" and _root_element(data) not in _FEED_ROOTS:
-        raise FeedError(f"{shown} returned an HTML page, not a feed.", hint=_HTML_HINT)
+        raise FeedError(
+            f"{shown} returned an HTML page, not a feed.", hint=html_page_hint(data, final_url)
+        )
     return FetchResult(data=data, url=final_url, etag=answer_etag, last_modified=answer_modified)
 
 
-def _read_capped(response: Any, deadline: float, shown: str) -> bytes:
+def _read_capped(response: Any, deadline: _Deadline, shown: str) -> bytes:
     """The body, refusing anything over MAX_FEED_BYTES or past the deadline."""
     length = response.headers.get("Content-Length")
     if length and length.isdigit() and int(length) > MAX_FEED_BYTES:
@@ -165,9 +352,67 @@ def _read_capped(response: Any, deadline: float, shown: str) -> bytes:
         buffer.write(chunk)
         if buffer.tell() > MAX_FEED_BYTES:
             raise _too_large(shown)
-        if time.monotonic() > deadline:
-            raise FeedError(f"Cannot read {shown}: the download is too slow (timed out).")
+        if deadline.passed():
+            raise _DeadlinePassed(f"the fetch took longer than {deadline.seconds:g} seconds")
     return buffer.getvalue()
+
+
+_FEED_TYPES = frozenset({"application/rss+xml", "application/atom+xml", "application/rdf+xml"})
+
+
+class _FeedLinks(html.parser.HTMLParser):
+    """Collects the `<link rel="alternate" type="application/rss+xml" href=...>` of a page."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.hrefs: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag != "link":
+            return
+        values = {name.lower(): (value or "") for name, value in attrs}
+        rel = values.get("rel", "").lower().split()
+        kind = values.get("type", "").split(";")[0].strip().lower()
+        if "alternate" in rel and kind in _FEED_TYPES and values.get("href", "").strip():
+            self.hrefs.append(values["href"].strip())
+
+
+def advertised_feeds(data: bytes, page_url: str | None) -> list[str]:
+    """The feed URLs an HTML page advertises in its head, made absolute (http(s) only)."""
+    parser = _FeedLinks()
+    try:
+        parser.feed(data[:262144].decode("utf-8", errors="replace"))
+        parser.close()
+    except Exception:  # noqa: BLE001 (html.parser is lenient; a hint never fails a fetch)
+        pass
+    base = page_url if page_url and urlsplit(page_url).scheme in ("http", "https") else None
+    found: list[str] = []
+    for href in parser.hrefs:
+        url = safe_url(href, base)
+        if url and urlsplit(url).scheme in ("http", "https") and url not in found:
+            found.append(url)
+    return found
+
+
+def html_page_hint(data: bytes, page_url: str | None) -> str:
+    """What to try when the feed URL gave an HTML page.
+
+    The page's own `<link rel="alternate">` feed first; on a site's home page,
+    its `/feed/` (where WordPress serves it); else a CDN's challenge page.
+    """
+    feeds = advertised_feeds(data, page_url)
+    parts = urlsplit(page_url or "")
+    home = parts.scheme in ("http", "https") and parts.path in ("", "/") and not parts.query
+    if feeds:
+        where = "That is the site's home page, not its feed; it" if home else "The page"
+        return f"{where} names its feed: set NEWSLETTER_FEED_URL={display_url(feeds[0])}"
+    if home:
+        origin = display_url(f"{parts.scheme}://{parts.netloc}")
+        return (
+            "That is the site's home page, not its feed: try "
+            f"NEWSLETTER_FEED_URL={origin}/feed/ (where WordPress serves it)."
+        )
+    return _HTML_HINT
 
 
 def _decode_body(raw: bytes, encoding: str, shown: str) -> bytes:
@@ -196,6 +441,8 @@ def _decode_body(raw: bytes, encoding: str, shown: str) -> bytes:
 
 def _describe(reason: object, timeout: float) -> str:
     """A short human reason for a network failure."""
+    if isinstance(reason, _DeadlinePassed):
+        return f"{reason} (timed out; the server sends too slowly)."
     if isinstance(reason, TimeoutError):
         return f"no answer within {timeout:g} seconds (timed out)."
     if isinstance(reason, socket.gaierror):

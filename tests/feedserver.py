@@ -28,6 +28,10 @@ class Route:
     etag: str | None = None
     last_modified: str | None = None
     gzip: bool = False
+    #: seconds between two bytes of the body: a server that trickles its answer
+    trickle: float = 0.0
+    #: trickle the status line and headers too, not only the body
+    trickle_headers: bool = False
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -56,6 +60,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _answer(self, route: Route) -> None:
         body = gzip.compress(route.body) if route.gzip else route.body
+        if route.trickle:
+            self._trickle(route, body)
+            return
         self.send_response(route.status)
         self.send_header("Content-Type", route.content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -70,6 +77,29 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def _trickle(self, route: Route, body: bytes) -> None:
+        """One byte every `route.trickle` seconds until done, the client leaves or we stop."""
+        head = [f"HTTP/1.1 {route.status} Trickle", f"Content-Type: {route.content_type}"]
+        head += [f"Content-Length: {len(body)}", "Connection: close"]
+        if route.etag:
+            head.append(f"ETag: {route.etag}")
+        if route.last_modified:
+            head.append(f"Last-Modified: {route.last_modified}")
+        head += [f"{name}: {value}" for name, value in route.headers.items()]
+        header_bytes = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
+        self.close_connection = True
+        if not route.trickle_headers:
+            self.wfile.write(header_bytes)
+            header_bytes = b""
+        stopping = self.server.stopping
+        try:
+            for byte in header_bytes + body:
+                if stopping.wait(route.trickle):
+                    return
+                self.wfile.write(bytes([byte]))
+        except OSError:
+            return  # the client gave up: what a deadline is for
+
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         """Keep test output quiet."""
 
@@ -78,6 +108,7 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     routes: dict[str, Route]
     requests: list[tuple[str, dict[str, str]]]
+    stopping: threading.Event
 
 
 class FeedServer:
@@ -87,6 +118,7 @@ class FeedServer:
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.routes = {}
         self._server.requests = []
+        self._server.stopping = threading.Event()
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
@@ -101,6 +133,7 @@ class FeedServer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._server.stopping.set()  # ends any trickling answer
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
