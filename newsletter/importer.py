@@ -269,22 +269,28 @@ class _Batch:
             self.report.kept_unsubscribed += 1
         else:
             self.report.imported += 1
-        return {
-            "email": email,
-            "email_key": key,
-            "name": c.name,
-            "status": c.status,
-            "token": new_token(),
-            "source": self.report.source,
-            "consent_ip": c.consent_ip,
-            "unsubscribe_method": "import" if inactive else None,
-            "confirm_token": None,
-            "created_at": self.now_db,
-            "updated_at": self.now_db,
-            "opt_in_at": self._db_time(c.opt_in_at),
-            "confirmed_at": self._db_time(c.confirmed_at),
-            "unsubscribed_at": self._db_time(c.unsubscribed_at or self.now) if inactive else None,
-        }
+        row: dict[str, Any] = dict.fromkeys(_INSERT_COLUMNS)  # columns added later: NULL
+        row.update(
+            {
+                "email": email,
+                "email_key": key,
+                "name": c.name,
+                "status": c.status,
+                "token": new_token(),
+                "source": self.report.source,
+                "consent_ip": c.consent_ip,
+                "unsubscribe_method": "import" if inactive else None,
+                "confirm_token": None,
+                "created_at": self.now_db,
+                "updated_at": self.now_db,
+                "opt_in_at": self._db_time(c.opt_in_at),
+                "confirmed_at": self._db_time(c.confirmed_at),
+                "unsubscribed_at": self._db_time(c.unsubscribed_at or self.now)
+                if inactive
+                else None,
+            }
+        )
+        return row
 
     def _db_time(self, value: datetime | None) -> Any:
         if value is None:
