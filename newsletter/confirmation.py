@@ -2,49 +2,61 @@
 
 Only the address (which must be ours to write to) and the list's own words go
 into it: echoing a visitor's name would let bots use the signup form to mail
-their text to strangers (listmonk #1133). Like every email here it is
-multipart text + HTML with Date and a Message-ID on the From domain,
-serialised with CRLF line ends (email.policy.SMTP).
+their text to strangers (listmonk #1133), so `To:` is the bare address.
+
+It goes through the issue email's own path (`newsletter.message.MessageTemplate`):
+the same header set (List-Id, one-click List-Unsubscribe, Precedence, Date,
+a Message-ID on the From domain), the same CRLF serialisation and, when DKIM
+is configured, the same signature with the list headers signed. It is styled
+by the issue email's stylesheet (`_email.css`, inlined), so it looks like the
+newsletter it announces.
 """
 
 from __future__ import annotations
 
-from email.message import EmailMessage
-from email.policy import SMTP
-from email.utils import make_msgid
-
 from newsletter.config import Settings
-from newsletter.message import header_safe, message_date
+from newsletter.htmltext import cap_line_length
+from newsletter.message import MessageTemplate, message_date, unsubscribe_url
+from newsletter.render import inline_css
 from newsletter.templating import render_template
+
+#: The words on the confirm page's button; the email names the same words.
+CONFIRM_BUTTON = "Confirm my subscription"
+
+
+def confirmation_subject(settings: Settings) -> str:
+    return f"Please confirm your subscription to {settings.list_title}"
 
 
 def build_confirmation(
-    settings: Settings, to: str, confirm_url: str, *, expires_days: int, unsubscribe_url: str
+    settings: Settings,
+    to: str,
+    confirm_url: str,
+    *,
+    expires_days: int,
+    unsubscribe_token: str,
 ) -> bytes:
-    """The confirmation message for `to`, ready for SMTP DATA.
+    """The confirmation message for `to`, ready for SMTP DATA (signed when DKIM is set).
 
     It carries the list headers too: a person signed up by someone else can stop
     it with one click, and List-Id + List-Unsubscribe + Precedence keep spam
     filters calm (SpamAssassin's MAILING_LIST_MULTI).
     """
     settings.require("from_address")
+    subject = confirmation_subject(settings)
     context = {
+        "subject": subject,
         "list_title": settings.list_title,
         "confirm_url": confirm_url,
+        "button_label": CONFIRM_BUTTON,
         "expires_days": expires_days,
         "postal_address": settings.postal_address or "",
+        # the real link, not the issue's placeholder: this body is rendered per message
+        "unsubscribe_url": unsubscribe_url(settings, unsubscribe_token),
     }
-    msg = EmailMessage(policy=SMTP)
-    msg["From"] = settings.from_address
-    msg["To"] = to
-    msg["Subject"] = header_safe(f"Please confirm your subscription to {settings.list_title}")
-    msg["Date"] = message_date()
-    msg["Message-ID"] = make_msgid(domain=settings.from_domain)
-    msg["Auto-Submitted"] = "auto-generated"
-    msg["List-Id"] = settings.list_id
-    msg["List-Unsubscribe"] = f"<{unsubscribe_url}>"
-    msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-    msg["Precedence"] = "bulk"
-    msg.set_content(render_template(settings, "confirm_email.txt", context))
-    msg.add_alternative(render_template(settings, "confirm_email.html", context), subtype="html")
-    return msg.as_bytes(policy=SMTP)
+    html = inline_css(render_template(settings, "confirm_email.html", context))
+    text = cap_line_length(render_template(settings, "confirm_email.txt", context).strip() + "\n")
+    template = MessageTemplate(settings, subject=subject, html=html, text=text, issue_id=None)
+    return template.personalise(
+        to, None, unsubscribe_token, message_id=template.new_message_id(), date=message_date()
+    )

@@ -1,9 +1,18 @@
 """The subscriber's own way in: signup with double opt-in, confirmation, expiry.
 
 A signup never makes anyone active: it stores (or reuses) a row with a fresh
-confirm token and mails a link; only a POST on that link activates. So an
-address typed by a bot gets at most one email an hour and nothing more, and
-someone who unsubscribed earlier comes back only with their own consent.
+confirm token and records that a confirmation email is owed; only a POST on
+the link in that email activates. So an address typed by a bot gets at most
+one email an hour (per mailbox: `name+anything@` counts as `name@`) and
+nothing more, and someone who unsubscribed earlier comes back only with their
+own consent.
+
+The email itself is sent off the request path: `newsletter serve` runs a
+`ConfirmationWorker` thread that drains the owed confirmations
+(`send_owed_confirmations`) with retry and backoff, so a relay that hangs
+never stalls a page, `/health` or a one-click unsubscribe. A confirmation the
+recipient's server refuses for good (5.1.x, "no such user") is recorded on
+the row; the next signup of that address is told to check the address.
 
 Who may come back through this path (the issue left it to us):
 
@@ -12,17 +21,21 @@ Who may come back through this path (the issue left it to us):
 - complained or forgotten (GDPR erasure, only a hash left): never; no email
   is sent and the visitor sees the same answer as everyone else.
 
-While a confirmation is outstanding, `confirm_token` is set and `updated_at`
-is when it was issued: the link works for `CONFIRM_TTL`. A pending web signup
-that was never confirmed is deleted lazily after that; any other row only
-loses its token, so an old unsubscribe or bounce is never erased.
+A confirm link has its own clock, `confirm_issued_at`: it works for
+`CONFIRM_TTL` whatever else later writes to the row. Once used it stays on the
+row with `confirm_used_at`, so following it again says "already confirmed"
+(and changes nothing). A pending web signup that was never confirmed is
+deleted lazily after the TTL; any other row only loses its token, so an old
+unsubscribe or bounce is never erased.
 
 The web edge calls these; nothing here imports FastAPI.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import re
 import secrets
 import threading
 import time
@@ -39,21 +52,38 @@ from newsletter.addresses import clean_name, email_hash, normalise_address
 from newsletter.config import Settings
 from newsletter.confirmation import build_confirmation
 from newsletter.db import read_session, write_session
-from newsletter.errors import TokenError, TransportError
-from newsletter.message import unsubscribe_url
+from newsletter.errors import NewsletterError, TokenError
 from newsletter.models import Subscriber, SubscriberStatus, Suppression, utcnow
 from newsletter.subscribers import new_token
-from newsletter.transport import ConnectionLost, TransportFactory, transport_factory
+from newsletter.transport import ConnectionLost, Reply, TransportFactory, transport_factory
 
 log = logging.getLogger(__name__)
 
 CONFIRM_TTL = timedelta(days=7)
-RESEND_INTERVAL = timedelta(hours=1)  # at most one confirmation email per address per hour
+RESEND_INTERVAL = timedelta(hours=1)  # at most one confirmation email per mailbox per hour
 WEB_SOURCE = "web"
 TOKEN_MAX_LENGTH = 64  # Subscriber.token / confirm_token column size
+#: Waits between attempts to send an owed confirmation (then the last one, until the TTL).
+RETRY_BACKOFF = (
+    timedelta(seconds=30),
+    timedelta(minutes=2),
+    timedelta(minutes=10),
+    timedelta(minutes=30),
+    timedelta(hours=2),
+)
+MAX_ATTEMPTS = 10
+#: A claimed confirmation is retried after this if its sender died mid-way.
+CLAIM_LEASE = timedelta(minutes=15)
+DRAIN_BATCH = 50
 
 #: Statuses that can never sign up again through the web.
 NEVER_AGAIN = frozenset({SubscriberStatus.COMPLAINED})
+_TOKEN_CHARS = re.compile(r"[A-Za-z0-9_-]+")
+#: A permanent refusal that names the recipient, when the server gives no enhanced code.
+_NAMES_RECIPIENT = re.compile(
+    r"user|mailbox|recipient|no such|unknown|does not exist|address", re.IGNORECASE
+)
+_ENHANCED = re.compile(r"^\s*5\.(\d{1,3})\.(\d{1,3})\b")
 
 
 def new_confirm_token() -> str:
@@ -61,13 +91,22 @@ def new_confirm_token() -> str:
     return secrets.token_urlsafe(16)
 
 
-class SignupOutcome:
-    """What `request_signup` did; the visitor is shown the same page for all of them."""
+def mailbox_key(key: str) -> str:
+    """The mailbox behind an address key: `name+tag@domain` -> `name@domain` (case-folded)."""
+    local, _, domain = key.casefold().rpartition("@")
+    return f"{local.split('+', 1)[0]}@{domain}"
 
-    SENT = "sent"  # a confirmation email went out
-    THROTTLED = "throttled"  # one was sent less than RESEND_INTERVAL ago
+
+class SignupOutcome:
+    """What `request_signup` did; the visitor sees the same page for all but UNDELIVERABLE."""
+
+    QUEUED = "queued"  # a confirmation email is owed; the worker sends it
+    SENT = "sent"  # sent at once (send_now=True)
+    THROTTLED = "throttled"  # one went to this mailbox less than RESEND_INTERVAL ago
     ALREADY_ACTIVE = "already_active"
     REFUSED = "refused"  # complained or forgotten: never again
+    #: the last confirmation to this address was refused for good by its mail server
+    UNDELIVERABLE = "undeliverable"
 
 
 @dataclass(frozen=True)
@@ -76,12 +115,9 @@ class SignupResult:
     email: str
 
 
-@dataclass(frozen=True)
-class _Issued:
-    subscriber_id: int
-    token: str
-    created: bool
-    unsubscribe_token: str  # so the confirmation itself can be stopped with one click
+class ConfirmOutcome:
+    CONFIRMED = "confirmed"
+    ALREADY = "already_confirmed"  # the link was used before: nothing changes
 
 
 def _suppressed(session: Session, key: str) -> bool:
@@ -89,14 +125,64 @@ def _suppressed(session: Session, key: str) -> bool:
     return session.exec(stmt).first() is not None
 
 
-def _issue_token(
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _mailbox_recently_mailed(session: Session, key: str, now: datetime) -> bool:
+    """Was a confirmation issued to any `name(+tag)@domain` of this mailbox within the hour?"""
+    box = mailbox_key(key)
+    local, _, domain = box.rpartition("@")
+    pattern = f"{_like_escape(local)}+%@{_like_escape(domain)}"
+    stmt = select(Subscriber.id).where(
+        sa.or_(
+            col(Subscriber.email_key) == box,
+            col(Subscriber.email_key).like(pattern, escape="\\"),
+        ),
+        col(Subscriber.confirm_issued_at) > now - RESEND_INTERVAL,
+    )
+    return session.exec(stmt).first() is not None
+
+
+def _owe_confirmation(sub: Subscriber, now: datetime) -> None:
+    """A fresh link, owed by mail from now on."""
+    sub.confirm_token = new_confirm_token()
+    sub.confirm_issued_at = now
+    sub.confirm_used_at = None
+    sub.confirm_send_at = now
+    sub.confirm_attempts = 0
+    sub.confirm_error = None
+    sub.updated_at = now
+
+
+def _forget_refused(session: Session, sub: Subscriber) -> None:
+    """After telling the visitor: a never-confirmed web row goes, any other loses its link."""
+    if sub.status == SubscriberStatus.PENDING and sub.source == WEB_SOURCE and not sub.confirmed_at:
+        session.delete(sub)
+        return
+    sub.confirm_token = sub.confirm_issued_at = sub.confirm_send_at = None
+    sub.confirm_error = None
+    session.add(sub)
+
+
+def _record_signup(
     engine: Engine, email: str, key: str, name: str | None, now: datetime
-) -> SignupResult | _Issued:
-    """Store the pending signup in one transaction; say why not when no email is due."""
+) -> tuple[str, int | None]:
+    """Store the pending signup and the owed email in one transaction: (outcome, row id)."""
     with write_session(engine) as session:
         if _suppressed(session, key):
-            return SignupResult(SignupOutcome.REFUSED, email)
+            return SignupOutcome.REFUSED, None
         sub = session.exec(select(Subscriber).where(Subscriber.email_key == key)).first()
+        if sub is not None:
+            if sub.status in NEVER_AGAIN:
+                return SignupOutcome.REFUSED, None
+            if sub.status == SubscriberStatus.ACTIVE:
+                return SignupOutcome.ALREADY_ACTIVE, None
+            if sub.confirm_error:
+                _forget_refused(session, sub)
+                return SignupOutcome.UNDELIVERABLE, None
+        if _mailbox_recently_mailed(session, key, now):
+            return SignupOutcome.THROTTLED, None
         if sub is None:
             sub = Subscriber(
                 email=email,
@@ -105,62 +191,14 @@ def _issue_token(
                 status=SubscriberStatus.PENDING,
                 token=new_token(),
                 source=WEB_SOURCE,
-                confirm_token=new_confirm_token(),
                 created_at=now,
-                updated_at=now,
                 opt_in_at=now,
             )
-            session.add(sub)
-            session.flush()
-            assert sub.id is not None and sub.confirm_token is not None
-            return _Issued(sub.id, sub.confirm_token, created=True, unsubscribe_token=sub.token)
-        if sub.status in NEVER_AGAIN:
-            return SignupResult(SignupOutcome.REFUSED, sub.email)
-        if sub.status == SubscriberStatus.ACTIVE:
-            return SignupResult(SignupOutcome.ALREADY_ACTIVE, sub.email)
-        if sub.confirm_token and sub.updated_at > now - RESEND_INTERVAL:
-            return SignupResult(SignupOutcome.THROTTLED, sub.email)
         # pending, unsubscribed or bounced: the status stays until they confirm
-        sub.confirm_token = new_confirm_token()
-        sub.updated_at = now
+        _owe_confirmation(sub, now)
         session.add(sub)
-        assert sub.id is not None
-        return _Issued(sub.id, sub.confirm_token, created=False, unsubscribe_token=sub.token)
-
-
-def _withdraw(engine: Engine, issued: _Issued) -> None:
-    """Undo a token whose email could not be sent, so the visitor can simply try again."""
-    with write_session(engine) as session:
-        sub = session.get(Subscriber, issued.subscriber_id)
-        if sub is None or sub.confirm_token != issued.token:
-            return
-        if issued.created and sub.status == SubscriberStatus.PENDING:
-            session.delete(sub)
-        else:
-            sub.confirm_token = None
-            session.add(sub)
-
-
-def _send(settings: Settings, factory: TransportFactory, email: str, issued: _Issued) -> None:
-    """Mail the confirmation link; TransportError when it surely did not leave."""
-    assert settings.from_address is not None
-    data = build_confirmation(
-        settings,
-        email,
-        confirm_url(settings, issued.token),
-        expires_days=CONFIRM_TTL.days,
-        unsubscribe_url=unsubscribe_url(settings, issued.unsubscribe_token),
-    )
-    try:
-        with factory() as transport:
-            reply = transport.send(settings.from_address.addr_spec, email, data)
-    except ConnectionLost as exc:
-        if exc.after_body:  # the server may have it: keep the token, do not send twice
-            log.warning("confirmation email: connection lost after the body (%s)", exc)
-            return
-        raise TransportError(f"the mail server dropped the connection: {exc}") from None
-    if not reply.ok:
-        raise TransportError(f"the mail server refused the confirmation email: {reply}")
+        session.flush()
+        return SignupOutcome.QUEUED, sub.id
 
 
 def confirm_url(settings: Settings, token: str) -> str:
@@ -176,56 +214,302 @@ def request_signup(
     *,
     factory: TransportFactory | None = None,
     now: datetime | None = None,
+    send_now: bool = True,
 ) -> SignupResult:
-    """Record a signup and mail the confirmation link when one is due.
+    """Record a signup and that its confirmation email is owed; send it too if `send_now`.
 
-    Raises AddressError (a SubscriberError) for a bad address and TransportError
-    when the email could not be sent (then nothing stays recorded).
+    The web edge passes send_now=False and lets its worker send (no SMTP inside
+    a request). Raises AddressError (a SubscriberError) for a bad address.
     """
     settings.require("from_address")
     addr = normalise_address(email)
     now = now or utcnow()
     expire_pending(engine, now=now)
     try:
-        step = _issue_token(engine, addr.email, addr.key, clean_name(name), now)
+        outcome, sub_id = _record_signup(engine, addr.email, addr.key, clean_name(name), now)
     except sa.exc.IntegrityError:  # the same address signed up at the same instant
         return SignupResult(SignupOutcome.THROTTLED, addr.email)
-    if isinstance(step, SignupResult):
-        return step
+    if outcome == SignupOutcome.QUEUED and send_now:
+        drained = send_owed_confirmations(engine, settings, factory, now=now, only_id=sub_id)
+        if drained.sent:
+            outcome = SignupOutcome.SENT
+    return SignupResult(outcome, addr.email)
+
+
+# ---- sending what is owed ------------------------------------------------------------
+
+
+@dataclass
+class DrainResult:
+    sent: int = 0
+    deferred: int = 0
+    refused: int = 0  # permanently, by the recipient's server: recorded on the row
+    expired: int = 0
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    id: int
+    email: str
+    confirm_token: str
+    unsubscribe_token: str
+    attempts: int
+
+
+def _due(now: datetime) -> tuple[sa.ColumnElement[bool], ...]:
+    return (
+        col(Subscriber.confirm_send_at).is_not(None),
+        col(Subscriber.confirm_send_at) <= now,
+        col(Subscriber.confirm_token).is_not(None),
+    )
+
+
+def _claim(engine: Engine, sub_id: int, now: datetime) -> _Claimed | None:
+    """Take one owed confirmation (a lease, so a crash retries it later); None if gone."""
+    with write_session(engine) as session:
+        sub = session.exec(select(Subscriber).where(Subscriber.id == sub_id, *_due(now))).first()
+        if sub is None or sub.confirm_token is None:
+            return None
+        issued = sub.confirm_issued_at
+        if issued is None or issued <= now - CONFIRM_TTL or sub.confirm_used_at is not None:
+            sub.confirm_send_at = None  # the link is dead or used: nothing to send
+            session.add(sub)
+            return None
+        attempts = (sub.confirm_attempts or 0) + 1
+        sub.confirm_attempts = attempts
+        sub.confirm_send_at = now + CLAIM_LEASE
+        session.add(sub)
+        return _Claimed(sub_id, sub.email, sub.confirm_token, sub.token, attempts)
+
+
+def _settle(
+    engine: Engine, job: _Claimed, now: datetime, *, retry: bool, error: str | None = None
+) -> None:
+    """Record how the attempt ended: done, retry later (backoff) or refused for good."""
+    with write_session(engine) as session:
+        sub = session.get(Subscriber, job.id)
+        if sub is None or sub.confirm_token != job.confirm_token:
+            return  # a newer signup replaced the link meanwhile
+        if retry and job.attempts < MAX_ATTEMPTS:
+            wait = RETRY_BACKOFF[min(job.attempts, len(RETRY_BACKOFF)) - 1]
+            sub.confirm_send_at = now + wait
+        else:
+            sub.confirm_send_at = None
+        sub.confirm_error = error[:200] if error else None
+        session.add(sub)
+
+
+def _postpone(engine: Engine, ids: list[int], until: datetime) -> None:
+    """The server is unusable: the rest of the batch waits too (no hammering it)."""
+    if not ids:
+        return
+    with write_session(engine) as session:
+        session.execute(
+            sa.update(Subscriber)
+            .where(col(Subscriber.id).in_(ids), col(Subscriber.confirm_send_at).is_not(None))
+            .values(confirm_send_at=until)
+        )
+
+
+def recipient_refused(reply: Reply) -> bool:
+    """A permanent refusal of the *address* (5.1.x, 5.2.1, or a 550 naming the user).
+
+    Anything else (4xx, 5.7.x policy, a content filter's plain 550) is the
+    sender's side or temporary: retried with backoff, never blamed on the visitor.
+    """
+    if not 500 <= reply.code < 600:
+        return False
+    enhanced = _ENHANCED.match(reply.text)
+    if enhanced:
+        return enhanced[1] == "1" or (enhanced[1], enhanced[2]) == ("2", "1")
+    return reply.code in (550, 551, 553) and bool(_NAMES_RECIPIENT.search(reply.text))
+
+
+def send_owed_confirmations(
+    engine: Engine,
+    settings: Settings,
+    factory: TransportFactory | None = None,
+    *,
+    now: datetime | None = None,
+    only_id: int | None = None,
+    limit: int = DRAIN_BATCH,
+) -> DrainResult:
+    """Send up to `limit` owed confirmation emails over one connection; never raises for SMTP.
+
+    A refused address is recorded (`confirm_error`); a temporary failure, a
+    dropped connection or an unreachable server waits for the next backoff step.
+    """
+    settings.require("from_address")
+    assert settings.from_address is not None
+    now = now or utcnow()
+    result = DrainResult()
+    stmt = sa.select(Subscriber.id).where(*_due(now)).order_by(col(Subscriber.confirm_send_at))
+    if only_id is not None:
+        stmt = stmt.where(col(Subscriber.id) == only_id)
+    with read_session(engine) as session:
+        ids = list(session.execute(stmt.limit(limit)).scalars())
+    if not ids:
+        return result
+    factory = factory or transport_factory(settings)
+    transport = None
     try:
-        _send(settings, factory or transport_factory(settings), addr.email, step)
-    except TransportError:
-        _withdraw(engine, step)
-        raise
-    return SignupResult(SignupOutcome.SENT, addr.email)
+        for sub_id in ids:
+            job = _claim(engine, sub_id, now)
+            if job is None:
+                result.expired += 1
+                continue
+            data = build_confirmation(
+                settings,
+                job.email,
+                confirm_url(settings, job.confirm_token),
+                expires_days=CONFIRM_TTL.days,
+                unsubscribe_token=job.unsubscribe_token,
+            )
+            try:
+                if transport is None:
+                    transport = factory()
+                reply = transport.send(settings.from_address.addr_spec, job.email, data)
+            except ConnectionLost as exc:
+                transport = None
+                if exc.after_body:  # the server may have it: never send twice
+                    log.warning("confirmation email: connection lost after the body (%s)", exc)
+                    _settle(engine, job, now, retry=False)
+                    result.sent += 1
+                else:
+                    _settle(engine, job, now, retry=True)
+                    result.deferred += 1
+                continue
+            except NewsletterError as exc:  # the server cannot be used at all (connect, login)
+                log.warning("confirmation emails wait: %s", exc.message)
+                _settle(engine, job, now, retry=True)
+                later = ids[ids.index(sub_id) + 1 :]
+                _postpone(engine, later, now + RETRY_BACKOFF[0])
+                result.deferred += 1 + len(later)
+                break
+            if reply.ok:
+                _settle(engine, job, now, retry=False)
+                result.sent += 1
+            elif recipient_refused(reply):
+                log.info("confirmation email refused for good: %s", reply)
+                _settle(engine, job, now, retry=False, error=str(reply))
+                result.refused += 1
+            else:
+                if 500 <= reply.code < 600:
+                    log.error("the mail server refused a confirmation email: %s", reply)
+                else:
+                    log.warning("confirmation email deferred: %s", reply)
+                _settle(engine, job, now, retry=True)
+                result.deferred += 1
+    finally:
+        if transport is not None:
+            transport.close()
+    return result
+
+
+def next_owed_at(engine: Engine) -> datetime | None:
+    """When the next owed confirmation falls due (None: nothing owed)."""
+    stmt = sa.select(sa.func.min(Subscriber.confirm_send_at)).where(
+        col(Subscriber.confirm_token).is_not(None)
+    )
+    with read_session(engine) as session:
+        return session.execute(stmt).scalar_one_or_none()
+
+
+class ConfirmationWorker:
+    """A thread of `newsletter serve` that sends owed confirmations as they fall due.
+
+    `wake()` after recording a signup: it starts the thread if needed and
+    sends at once. A failing database or server is logged, never fatal.
+    """
+
+    IDLE = 30.0  # seconds between looks when nothing is due (other processes may owe mail)
+
+    def __init__(
+        self, engine: Engine, settings: Settings, factory: TransportFactory | None = None
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.factory = factory
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._stop.clear()
+                self._thread = threading.Thread(target=self._run, name="confirmations", daemon=True)
+                self._thread.start()
+
+    def wake(self) -> None:
+        self.start()
+        self._wake.set()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            wait = self.IDLE
+            try:
+                result = send_owed_confirmations(self.engine, self.settings, self.factory)
+                if result.sent or result.refused or result.expired:
+                    wait = 0.0  # there may be more
+                else:
+                    due = next_owed_at(self.engine)
+                    if due is not None:
+                        wait = min(self.IDLE, max((due - utcnow()).total_seconds(), 0.5))
+            except Exception:  # a locked or vanished database: try again later
+                log.exception("sending confirmation emails failed")
+            if wait:
+                self._wake.wait(wait)
+
+
+# ---- confirming -----------------------------------------------------------------------
 
 
 def _valid_token(token: str) -> bool:
-    # NUL: PostgreSQL refuses it in any text parameter (a 500 instead of a 404)
-    return 0 < len(token) <= TOKEN_MAX_LENGTH and "\x00" not in token
+    # the alphabet of token_urlsafe: also keeps NUL away from PostgreSQL (a 500, not a 404)
+    return 0 < len(token) <= TOKEN_MAX_LENGTH and _TOKEN_CHARS.fullmatch(token) is not None
 
 
 def _by_confirm_token(session: Session, token: str, now: datetime) -> Subscriber | None:
     sub = session.exec(select(Subscriber).where(Subscriber.confirm_token == token)).first()
-    if sub is None or sub.updated_at <= now - CONFIRM_TTL or sub.status in NEVER_AGAIN:
+    if sub is None or sub.status in NEVER_AGAIN:
+        return None
+    if sub.confirm_issued_at is None or sub.confirm_issued_at <= now - CONFIRM_TTL:
         return None
     return sub
 
 
-def confirmation_pending(engine: Engine, token: str, *, now: datetime | None = None) -> bool:
-    """Read-only: does this confirm link still work? (for the GET page)."""
+def confirmation_state(engine: Engine, token: str, *, now: datetime | None = None) -> str | None:
+    """Read-only, for the GET page: None (unknown or expired), "pending" or ALREADY."""
     if not _valid_token(token):
-        return False
+        return None
     with read_session(engine) as session:
-        return _by_confirm_token(session, token, now or utcnow()) is not None
+        sub = _by_confirm_token(session, token, now or utcnow())
+    if sub is None:
+        return None
+    return ConfirmOutcome.ALREADY if sub.confirm_used_at is not None else "pending"
+
+
+def confirmation_pending(engine: Engine, token: str, *, now: datetime | None = None) -> bool:
+    """Read-only: does this confirm link still confirm something?"""
+    return confirmation_state(engine, token, now=now) == "pending"
 
 
 def confirm_signup(
     engine: Engine, token: str, *, ip: str | None, now: datetime | None = None
-) -> Subscriber:
+) -> str:
     """Activate the holder of `token`, recording time and IP as consent; TokenError if invalid.
 
-    The token is single-use: a second POST gets the generic "link not valid" page.
+    The token is single-use: a second POST changes nothing and returns ALREADY.
     """
     now = now or utcnow()
     if not _valid_token(token):
@@ -234,16 +518,19 @@ def confirm_signup(
         sub = _by_confirm_token(session, token, now)
         if sub is None:
             raise TokenError("this link is not valid")
+        if sub.confirm_used_at is not None:
+            return ConfirmOutcome.ALREADY
         sub.status = SubscriberStatus.ACTIVE
-        sub.confirm_token = None
+        sub.confirm_used_at = now
+        sub.confirm_send_at = None
         sub.confirmed_at = now
-        sub.opt_in_at = sub.updated_at  # when this signup was asked for
+        sub.opt_in_at = sub.confirm_issued_at  # when this signup was asked for
         sub.consent_ip = (ip or "")[:64] or None
         sub.unsubscribed_at = None
         sub.unsubscribe_method = None
         sub.updated_at = now
         session.add(sub)
-        return sub
+        return ConfirmOutcome.CONFIRMED
 
 
 def expire_pending(engine: Engine, *, now: datetime | None = None) -> int:
@@ -252,7 +539,13 @@ def expire_pending(engine: Engine, *, now: datetime | None = None) -> int:
     Returns how many rows were deleted. Cheap enough to call on every signup.
     """
     cutoff = (now or utcnow()) - CONFIRM_TTL
-    stale = (col(Subscriber.confirm_token).is_not(None), col(Subscriber.updated_at) <= cutoff)
+    stale = (
+        col(Subscriber.confirm_token).is_not(None),
+        sa.or_(
+            col(Subscriber.confirm_issued_at).is_(None),
+            col(Subscriber.confirm_issued_at) <= cutoff,
+        ),
+    )
     with write_session(engine) as session:
         deleted = session.execute(
             sa.delete(Subscriber).where(
@@ -262,7 +555,11 @@ def expire_pending(engine: Engine, *, now: datetime | None = None) -> int:
                 col(Subscriber.confirmed_at).is_(None),
             )
         )
-        session.execute(sa.update(Subscriber).where(*stale).values(confirm_token=None))
+        session.execute(
+            sa.update(Subscriber)
+            .where(*stale)
+            .values(confirm_token=None, confirm_send_at=None, confirm_used_at=None)
+        )
         return int(deleted.rowcount or 0)  # type: ignore[attr-defined]
 
 
@@ -273,6 +570,26 @@ def unsubscribe_status(engine: Engine, token: str) -> str | None:
     with read_session(engine) as session:
         stmt = select(Subscriber.status).where(Subscriber.token == token)
         return session.exec(stmt).first()
+
+
+# ---- rate limiting ----------------------------------------------------------------------
+
+
+def client_key(ip: str) -> str:
+    """Who a signup is counted against: the IPv4 address, or the IPv6 /64 network.
+
+    One IPv6 host holds a whole /64 (privacy addresses rotate within it), so
+    counting single IPv6 addresses would not limit anyone.
+    """
+    try:
+        address = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return ip
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network(f"{address}/64", strict=False))
+    return str(address)
 
 
 class RateLimiter:

@@ -10,7 +10,13 @@ renders a page; every NewsletterError becomes a page in one place
 - an unknown, altered, truncated or expired token gets one generic 404 page;
 - tokens never reach the access log (`TokenMaskingFilter`), referrers
   (`Referrer-Policy: no-referrer`), caches (`no-store`) or search engines;
-- no JavaScript at all; the CSP forbids scripts outright.
+- no JavaScript at all; the CSP forbids scripts outright;
+- no SMTP inside a request: a signup records that a confirmation email is
+  owed and the app's `ConfirmationWorker` thread sends it, so a hanging relay
+  never slows `/health` or a one-click unsubscribe;
+- a database that cannot take a write (locked by a long import) answers 503
+  with Retry-After, which RFC 8058 senders honour, never a 500;
+- redirects are built from NEWSLETTER_BASE_URL, never from the request's Host.
 
     create_app(settings, *, engine=None, factory=None, ...) -> FastAPI
     log_config() -> dict            uvicorn logging with tokens masked
@@ -21,6 +27,8 @@ from __future__ import annotations
 import copy
 import logging
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -34,14 +42,19 @@ from starlette.responses import Response
 
 from newsletter.addresses import AddressError
 from newsletter.config import Settings
+from newsletter.confirmation import CONFIRM_BUTTON
 from newsletter.db import open_database
 from newsletter.errors import NewsletterError, SubscriberError, TokenError, TransportError
 from newsletter.models import SubscriberStatus
 from newsletter.signup import (
     CONFIRM_TTL,
+    ConfirmationWorker,
+    ConfirmOutcome,
     RateLimiter,
+    SignupOutcome,
+    client_key,
     confirm_signup,
-    confirmation_pending,
+    confirmation_state,
     expire_pending,
     request_signup,
     unsubscribe_status,
@@ -64,6 +77,7 @@ FORM_CSP = _BASE_CSP + "; frame-ancestors *"
 _TOKEN_PATH = re.compile(r"/(unsubscribe|confirm)/[^/?#\s\"]+")
 ONE_CLICK = "one-click"  # RFC 8058 body List-Unsubscribe=One-Click
 PAGE = "page"  # the button on our unsubscribe page
+DB_RETRY_AFTER = 60  # seconds, for a write refused because the database is busy
 
 
 def mask_tokens(text: str) -> str:
@@ -134,31 +148,69 @@ def client_ip(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
+def _minutes(seconds: float) -> str:
+    minutes = max(1, round(seconds / 60))
+    return "1 minute" if minutes == 1 else f"{minutes} minutes"
+
+
 def create_app(
     settings: Settings,
     *,
     engine: Engine | None = None,
     factory: TransportFactory | None = None,
-    signup_limit: int = 5,
-    signup_window: float = 600.0,
+    signup_limit: int | None = None,
+    signup_window: float | None = None,
 ) -> FastAPI:
-    """The web app for `settings`; `engine` and `factory` default to the configured ones."""
+    """The web app for `settings`; `engine` and `factory` default to the configured ones.
+
+    The signup limit comes from NEWSLETTER_SIGNUP_RATE_LIMIT unless given here.
+    `app.state.confirmations` is the worker that mails owed confirmations: it
+    starts with the app's lifespan (or at the first signup) and stops with it.
+    """
     settings.require("from_address")
     engine = engine or open_database(settings.database_url)
     pages = Pages(settings)
-    limiter = RateLimiter(signup_limit, signup_window)
+    limit, window = settings.signup_rate_limit or (None, 600.0)
+    limit = signup_limit if signup_limit is not None else limit
+    window = signup_window if signup_window is not None else window
+    limiter = RateLimiter(limit, window) if limit else None
     stylesheet = render_template(settings, "web/site.css", {})
     expire_pending(engine)
+    confirmations = ConfirmationWorker(engine, settings, factory)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        confirmations.start()  # owed confirmations from before a restart go out now
+        try:
+            yield
+        finally:
+            confirmations.stop()
+
     app = FastAPI(
         title=f"{settings.list_title} newsletter",
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
+        lifespan=lifespan,
+        redirect_slashes=False,  # Starlette's would send visitors to the request's Host
     )
     app.state.settings = settings
     app.state.engine = engine
+    app.state.confirmations = confirmations
 
     # ---- headers and errors, once for every route ---------------------------
+
+    @app.middleware("http")
+    async def trailing_slash(request: Request, call_next: Any) -> Response:
+        """`/subscribe/` -> BASE_URL/subscribe for a reader; never to another host."""
+        path = request.url.path
+        if path != "/" and path.endswith("/") and request.method in ("GET", "HEAD"):
+            target = settings.url(path.rstrip("/"))
+            if request.url.query:
+                target += "?" + request.url.query
+            return RedirectResponse(target, status_code=308)
+        response: Response = await call_next(request)
+        return response
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next: Any) -> Response:
@@ -198,6 +250,20 @@ def create_app(
             )
         log.error("web request failed: %s", exc.message)
         return pages.error(500, "Something went wrong", "Please try again later.")
+
+    @app.exception_handler(sa.exc.OperationalError)
+    async def _database_busy(request: Request, exc: sa.exc.OperationalError) -> Response:
+        # "database is locked" past the busy timeout (a long import), or the server is gone:
+        # nothing was written; the client may simply repeat the request (RFC 8058 senders do)
+        log.warning("web request refused, database busy: %s", " ".join(str(exc.orig).split()))
+        response = pages.error(
+            503,
+            "Please try again in a minute",
+            "We could not save your request just now. Nothing has changed yet: "
+            "please repeat it in a minute.",
+        )
+        response.headers["Retry-After"] = str(DB_RETRY_AFTER)
+        return response
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -295,30 +361,44 @@ def create_app(
         website: Annotated[str, Form(max_length=1000)] = "",
     ) -> HTMLResponse:
         request.state.form = {"email": email.strip(), "name": name.strip()}
-        if not limiter.allow(client_ip(request)):
+        if limiter is not None and not limiter.allow(client_key(client_ip(request))):
             response = pages.error(
                 429,
                 "Too many signups",
                 "Too many signups came from your connection in the last few minutes. "
-                "Please try again in 10 minutes.",
+                f"Please try again in {_minutes(limiter.window)}.",
             )
-            response.headers["Retry-After"] = str(int(signup_window))
+            response.headers["Retry-After"] = str(int(limiter.window))
             return response
         if website.strip():  # the honeypot: a person never sees it
             log.info("signup ignored: honeypot field filled")
         else:
-            request_signup(engine, settings, email, name or None, factory=factory)
+            result = request_signup(engine, settings, email, name or None, send_now=False)
+            if result.outcome == SignupOutcome.QUEUED:
+                confirmations.wake()
+            elif result.outcome == SignupOutcome.UNDELIVERABLE:
+                return pages.subscribe_form(
+                    400,
+                    error="Our confirmation email to this address was refused by its mail "
+                    "server: the mailbox does not exist. Check the address for typing "
+                    "mistakes and try again.",
+                    **request.state.form,
+                )
         return pages.render("subscribe_sent.html", expires_days=CONFIRM_TTL.days)
 
     @app.api_route("/confirm/{token}", methods=["GET", "HEAD"])
     def confirm_page(token: str) -> HTMLResponse:
-        if not confirmation_pending(engine, token):
+        state = confirmation_state(engine, token)
+        if state is None:
             raise TokenError("unknown or expired confirm token")
-        return pages.render("confirm.html")
+        if state == ConfirmOutcome.ALREADY:
+            return pages.render("already_confirmed.html")
+        return pages.render("confirm.html", button_label=CONFIRM_BUTTON)
 
     @app.post("/confirm/{token}")
     def confirm(request: Request, token: str) -> HTMLResponse:
-        confirm_signup(engine, token, ip=client_ip(request))
+        if confirm_signup(engine, token, ip=client_ip(request)) == ConfirmOutcome.ALREADY:
+            return pages.render("already_confirmed.html")
         return pages.render("confirmed.html")
 
     app.include_router(archive_router(settings, engine, pages))

@@ -2,13 +2,18 @@
 
 Each email links here ("View in your browser"), so an issue appears as soon as
 its first copy has been delivered, not only when the whole send is finished.
-The stored HTML is the email itself: its per-reader unsubscribe placeholder
-becomes a link to a page that explains where the personal link is, so nobody's
-token is ever on a public page. The email's CSS is inline, hence its own CSP.
+
+An issue page is not the email: it renders the issue's stories (the same
+words the email showed, through `newsletter.render`) in the site's own page
+layout (`web/issue.html` extends `web/base.html`), with links under today's
+NEWSLETTER_BASE_URL. So a visitor never sees "View in your browser" or "You
+are receiving this because you subscribed", and nobody's unsubscribe token can
+be on a public page: the stored email is never shown.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -16,21 +21,24 @@ import sqlalchemy as sa
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 from sqlalchemy.engine import Engine
+from sqlmodel import col
 
 from newsletter.config import Settings
 from newsletter.db import read_session
 from newsletter.errors import TokenError
-from newsletter.models import Delivery, DeliveryStatus, Issue, IssueStatus
-from newsletter.render import UNSUBSCRIBE_URL
+from newsletter.models import Delivery, DeliveryStatus, Issue, IssueStatus, Story
+from newsletter.render import StoryView, _story_view, newest_first
 
 if TYPE_CHECKING:
     from newsletter.web import Pages
 
-#: Stored issue HTML: inline styles, remote story images, nothing else.
+#: Our page layout plus the stories' remote images (feed HTML is sanitised upstream).
 ARCHIVE_CSP = (
-    "default-src 'none'; style-src 'unsafe-inline'; img-src https: http: data:; "
-    "form-action 'none'; base-uri 'none'; frame-ancestors 'none'"
+    "default-src 'none'; style-src 'self'; img-src 'self' https: http: data:; "
+    "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
+#: ASCII digits only: str.isdigit() also accepts "²", which int() refuses (a 500).
+_ISSUE_ID = re.compile(r"[0-9]{1,11}")
 
 
 @dataclass(frozen=True)
@@ -67,14 +75,34 @@ def archived_issues(engine: Engine, limit: int = 500) -> list[ArchiveEntry]:
     ]
 
 
-def archived_issue_html(engine: Engine, settings: Settings, issue_id: int) -> str | None:
-    """One published issue as a web page, with no personal link in it; None if unknown."""
-    stmt = sa.select(Issue.html).where(Issue.id == issue_id, _published())
+@dataclass(frozen=True)
+class ArchivedIssue:
+    id: int
+    subject: str
+    date: str
+    iso: str
+    stories: list[StoryView]
+
+
+def archived_issue(engine: Engine, issue_id: int) -> ArchivedIssue | None:
+    """One published issue and its stories, newest first; None if unknown or unpublished."""
     with read_session(engine) as session:
-        html = session.execute(stmt).scalar_one_or_none()
-    if html is None:
-        return None
-    return html.replace(UNSUBSCRIBE_URL, settings.url("unsubscribe"))
+        row = session.execute(
+            sa.select(Issue.id, Issue.subject, Issue.created_at).where(
+                Issue.id == issue_id, _published()
+            )
+        ).first()
+        if row is None:
+            return None
+        stories = list(
+            session.execute(
+                sa.select(Story).where(col(Story.issue_id) == issue_id).order_by(col(Story.id))
+            ).scalars()
+        )
+    id_, subject, created = row
+    views = [_story_view(story) for story in newest_first(stories)]
+    date = f"{created.day} {created:%B %Y}"
+    return ArchivedIssue(id_, subject, date, created.date().isoformat(), views)
 
 
 def archive_router(settings: Settings, engine: Engine, pages: Pages) -> APIRouter:
@@ -86,11 +114,13 @@ def archive_router(settings: Settings, engine: Engine, pages: Pages) -> APIRoute
 
     @router.api_route("/issues/{issue_id}", methods=["GET", "HEAD"])
     def issue(issue_id: str) -> HTMLResponse:
-        html = None
-        if issue_id.isdigit() and len(issue_id) < 12:
-            html = archived_issue_html(engine, settings, int(issue_id))
-        if html is None:
+        found = None
+        if _ISSUE_ID.fullmatch(issue_id):
+            found = archived_issue(engine, int(issue_id))
+        if found is None:
             raise TokenError("no such issue")  # the generic 404 page
-        return HTMLResponse(html, headers={"Content-Security-Policy": ARCHIVE_CSP})
+        response = pages.render("issue.html", noindex=False, issue=found)
+        response.headers["Content-Security-Policy"] = ARCHIVE_CSP
+        return response
 
     return router
