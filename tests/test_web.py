@@ -79,9 +79,8 @@ def start_site(
     engine: Engine | None = None,
     **app_options: object,
 ) -> Site:
-    settings = settings_for(
-        tmp_path, NEWSLETTER_BASE_URL=server.url, NEWSLETTER_SMTP_URL=smtp.url, **(env or {})
-    )
+    values = {"NEWSLETTER_BASE_URL": server.url, "NEWSLETTER_SMTP_URL": smtp.url, **(env or {})}
+    settings = settings_for(tmp_path, **values)
     engine = engine or database(settings)
     app = create_app(settings, engine=engine, **app_options)  # type: ignore[arg-type]
     server.start(app)
