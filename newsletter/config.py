@@ -2,15 +2,17 @@
 
 Loaded once by the edge (CLI or web app) into a `Settings` object that is
 passed down; nothing reads the environment at import time. A malformed value
-is a `ConfigError` naming the setting. Settings needed only by some commands
-(the feed, the From address...) are checked by `Settings.require`.
+is a `ConfigError` naming the setting, and so is an unknown `NEWSLETTER_*` name
+(a typo must not silently fall back to a default). Settings needed only by some
+commands (the feed, the From address...) are checked by `Settings.require`.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from email.headerregistry import Address
 from email.utils import parseaddr
 from pathlib import Path
@@ -18,7 +20,7 @@ from urllib.parse import unquote, urlsplit
 
 from dotenv import dotenv_values
 
-from newsletter.errors import ConfigError
+from newsletter.errors import ConfigError, MissingSettings
 
 DEFAULT_DATABASE_URL = "sqlite:///subscribers.db"
 DEFAULT_BASE_URL = "http://localhost:8000"
@@ -150,7 +152,7 @@ class Settings:
     feed_url: str | None = None
     database_url: str = DEFAULT_DATABASE_URL
     smtp: SmtpConfig | None = None
-    outbox: Path = Path("outbox")
+    outbox: Path | None = None  # set on purpose: never the fallback of a missing SMTP URL
     from_address: Address | None = None
     base_url: str = DEFAULT_BASE_URL
     secret_key: Secret | None = field(default=None, repr=False)
@@ -158,6 +160,7 @@ class Settings:
     templates_dir: Path = Path("templates")
     smtp_connections: int = 4
     smtp_timeout: float = 30.0
+    smtp_data_timeout: float = 120.0  # the wait for the reply to the end of a message
     send_rate: float | None = None
     retry_delays: tuple[float, ...] = (5.0, 30.0)
     retry_max_age_hours: float = 72.0
@@ -168,11 +171,22 @@ class Settings:
     bounce_imap_url: str | None = field(default=None, repr=False)
     signup_rate_limit: tuple[int, float] | None = (5, 600.0)  # signups per IP (/64) per window
 
-    def require(self, *names: str) -> None:
-        """Raise ConfigError for the first of `names` (attribute names) left unset."""
-        for name in names:
-            if getattr(self, name) in (None, ""):
-                raise ConfigError(f"{ENV_NAMES[name]} is not set (needed for this command)")
+    def require(self, *names: str, destination: bool = False) -> None:
+        """Raise MissingSettings naming every one of `names` (attribute names) left unset.
+
+        `destination`: the command delivers mail, so it needs NEWSLETTER_SMTP_URL or,
+        asked for on purpose, NEWSLETTER_OUTBOX.
+        """
+        missing = [ENV_NAMES[name] for name in names if getattr(self, name) in (None, "")]
+        detail = None
+        if destination and self.smtp is None and self.outbox is None:
+            missing.append(f"{ENV_NAMES['smtp']} or {ENV_NAMES['outbox']}")
+            detail = (
+                f"{ENV_NAMES['smtp']} sends by SMTP; {ENV_NAMES['outbox']} writes .eml files "
+                "to a folder instead."
+            )
+        if missing:
+            raise MissingSettings(tuple(missing), detail=detail)
 
     @property
     def from_domain(self) -> str:
@@ -216,6 +230,7 @@ ENV_NAMES = {
     "templates_dir": "NEWSLETTER_TEMPLATES_DIR",
     "smtp_connections": "NEWSLETTER_SMTP_CONNECTIONS",
     "smtp_timeout": "NEWSLETTER_SMTP_TIMEOUT",
+    "smtp_data_timeout": "NEWSLETTER_SMTP_DATA_TIMEOUT",
     "send_rate": "NEWSLETTER_SEND_RATE",
     "retry_delays": "NEWSLETTER_RETRY_DELAYS",
     "retry_max_age_hours": "NEWSLETTER_RETRY_MAX_AGE_HOURS",
@@ -228,23 +243,82 @@ ENV_NAMES = {
 }
 
 
+# A setting added to `Settings` is known as NEWSLETTER_<FIELD NAME> unless ENV_NAMES
+# above names it otherwise: the list of known names follows the Settings definition.
+for _field in fields(Settings):
+    ENV_NAMES.setdefault(_field.name, f"NEWSLETTER_{_field.name.upper()}")
+del _field
+
+#: NEWSLETTER_* names that are not settings but are read by someone else: a CLI
+#: option's environment variable (`doctor --dns-server`) and the project's own test
+#: and benchmark harness.
+OTHER_NAMES = frozenset({"NEWSLETTER_DNS_SERVER", "NEWSLETTER_STRICT_SERVICES"})
+OTHER_PREFIXES = ("NEWSLETTER_TEST_", "NEWSLETTER_BENCH_")
+
+
+def known_names() -> frozenset[str]:
+    """Every NEWSLETTER_* name a user may set (computed when asked: settings can be added)."""
+    return frozenset(ENV_NAMES.values()) | OTHER_NAMES
+
+
+def nearest_setting(name: str) -> str | None:
+    """The known setting `name` was most likely meant to be (a typo), if any is close."""
+    settings = sorted(set(ENV_NAMES.values()))
+    tails = {known.removeprefix("NEWSLETTER_"): known for known in settings}
+    close = difflib.get_close_matches(name.removeprefix("NEWSLETTER_"), tails, n=1, cutoff=0.6)
+    return tails[close[0]] if close else None
+
+
+def check_names(names: Mapping[str, str]) -> None:
+    """ConfigError for the first unknown NEWSLETTER_* name; `names` maps it to where it is set."""
+    known = known_names()
+    for name in sorted(names):
+        if name in known or name.startswith(OTHER_PREFIXES):
+            continue
+        nearest = nearest_setting(name)
+        guess = f"; did you mean {nearest}?" if nearest else " (see .env.example for the list)."
+        raise ConfigError(f"{name} is not a setting{guess}", hint=f"It is set in {names[name]}.")
+
+
+def _dotenv(env_file: Path) -> dict[str, str | None]:
+    return dict(dotenv_values(env_file)) if env_file.is_file() else {}
+
+
 def read_environment(
     environ: Mapping[str, str] | None = None, env_file: Path | None = None
 ) -> dict[str, str]:
     """Merge the environment over the .env file (environment wins)."""
     environ = os.environ if environ is None else environ
     env_file = Path(".env") if env_file is None else env_file
-    values: dict[str, str] = {}
-    if env_file.is_file():
-        values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    values: dict[str, str] = {k: v for k, v in _dotenv(env_file).items() if v is not None}
     values.update({k: v for k, v in environ.items() if k.startswith("NEWSLETTER_")})
     return {k: v.strip() for k, v in values.items() if k.startswith("NEWSLETTER_")}
+
+
+def name_sources(
+    environ: Mapping[str, str] | None = None, env_file: Path | None = None
+) -> dict[str, str]:
+    """{NEWSLETTER_* name: where it is set} for the environment and the .env file."""
+    environ = os.environ if environ is None else environ
+    env_file = Path(".env") if env_file is None else env_file
+    where = {k: str(env_file.resolve()) for k in _dotenv(env_file) if k.startswith("NEWSLETTER_")}
+    where.update({k: "the environment" for k in environ if k.startswith("NEWSLETTER_")})
+    return where
+
+
+def describe_env_file(env_file: Path | None = None) -> str:
+    """Which .env file settings were read from, for error messages."""
+    env_file = Path(".env") if env_file is None else env_file
+    if env_file.is_file():
+        return f"Read {env_file.resolve()}"
+    return f"No .env file in {env_file.resolve().parent}"
 
 
 def load_settings(
     environ: Mapping[str, str] | None = None, env_file: Path | None = None
 ) -> Settings:
-    """Read and validate every setting once."""
+    """Read and validate every setting once; an unknown NEWSLETTER_* name is an error."""
+    check_names(name_sources(environ, env_file))
     raw = read_environment(environ, env_file)
 
     def get(attr: str) -> str | None:
@@ -281,6 +355,8 @@ def load_settings(
         kwargs["smtp_connections"] = _positive_int("NEWSLETTER_SMTP_CONNECTIONS", v)
     if (v := get("smtp_timeout")) is not None:
         kwargs["smtp_timeout"] = _positive_float("NEWSLETTER_SMTP_TIMEOUT", v)
+    if (v := get("smtp_data_timeout")) is not None:
+        kwargs["smtp_data_timeout"] = _positive_float("NEWSLETTER_SMTP_DATA_TIMEOUT", v)
     if (v := get("send_rate")) is not None:
         kwargs["send_rate"] = _positive_float("NEWSLETTER_SEND_RATE", v)
     if (v := get("retry_delays")) is not None:

@@ -22,6 +22,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from sqlalchemy.pool import StaticPool
 from sqlmodel import Session
 
 from newsletter.errors import ConfigError, NewsletterError
@@ -78,6 +79,32 @@ def make_engine(url: str) -> Engine:
             parent = Path(db_path).parent
             if not parent.is_dir():
                 raise ConfigError(f"NEWSLETTER_DATABASE_URL: folder {parent} does not exist")
+    return engine
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file a SQLite URL names (relative to the working directory), else None
+    (another database, an in-memory one, or a `file:` URI)."""
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        return None
+    db_path = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not db_path or db_path == ":memory:":
+        return None
+    if db_path.startswith("file:"):
+        return None
+    return Path(db_path)
+
+
+def scratch_database() -> Engine:
+    """A migrated in-memory SQLite database: `send --preview/--to/--dry-run` before any
+    database exists see an empty list, and leave no file behind."""
+    engine = sa.create_engine(
+        "sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False}
+    )
+    _sqlite_setup(engine)
+    migrate(engine)
     return engine
 
 

@@ -5,6 +5,8 @@ and a non-zero exit code in exactly one place; nothing else catches them.
 
     NewsletterError
      +-- ConfigError            a setting is missing or malformed
+     |    +-- MissingSettings   required settings are unset (all named at once)
+     +-- DatabaseMissing        a command that adds nobody was given a SQLite file that is not there
      +-- FeedError              the feed cannot be fetched or is not a feed
      +-- TemplateError          a template is missing or fails to render
      +-- SubscriberError        a bad address, an unknown subscriber
@@ -35,6 +37,28 @@ class NewsletterError(Exception):
 
 class ConfigError(NewsletterError):
     hint = "Set it in the environment or in .env (see .env.example)."
+
+
+class MissingSettings(ConfigError):
+    """Every required setting that is unset, so one run names them all.
+
+    `names` are NEWSLETTER_* names (an alternative reads "NEWSLETTER_SMTP_URL or
+    NEWSLETTER_OUTBOX"); the CLI edge adds the command and the .env file it read.
+    """
+
+    hint = "Set them in the environment or in .env; see .env.example."
+
+    def __init__(self, names: tuple[str, ...], *, detail: str | None = None) -> None:
+        self.names = names
+        self.detail = detail  # what an alternative means, shown before the hint
+        plural = "s" if len(names) > 1 else ""
+        hint = f"{detail} {self.hint}" if detail else None
+        super().__init__(f"missing setting{plural}: {', '.join(names)}", hint=hint)
+
+
+class DatabaseMissing(NewsletterError):
+    """Only the commands that add people create a database: elsewhere a missing file is
+    a wrong working directory or URL (cron), not an empty list to report on."""
 
 
 class FeedError(NewsletterError):

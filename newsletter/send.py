@@ -108,6 +108,13 @@ def send_test_copy(
     return str(reply)
 
 
+def check_settings(settings: Settings, options: SendOptions) -> None:
+    """Every setting this run needs, all named at once (the CLI asks before opening the
+    database); only a run that mails someone needs an SMTP URL or an outbox."""
+    delivers = bool(options.to) or not (options.preview or options.dry_run or options.baseline)
+    settings.require("feed_url", "from_address", "postal_address", destination=delivers)
+
+
 def run_send(
     engine: Engine,
     settings: Settings,
@@ -117,7 +124,7 @@ def run_send(
     progress: ProgressFactory = _no_progress,
 ) -> SendResult:
     """The whole `newsletter send`. Raises NewsletterError before anything is sent."""
-    settings.require("feed_url", "from_address", "postal_address")
+    check_settings(settings, options)
     load_key(settings)  # a bad DKIM key or VERP setup stops here, before any issue exists
     check_verp_settings(settings)
     # Real SMTP connections run in child processes (threads gain little under the GIL).

@@ -12,6 +12,8 @@ raises only when the connection itself is gone:
 - `ConnectionLost(after_body=True)`: the body went out but no reply came: the
   server may have the message, so the delivery is *unknown*, never retried
   automatically (the listmonk #1109 / postal #295 duplicate sends);
+  `timed_out` says the server kept the connection but never answered within
+  the final-reply wait (NEWSLETTER_SMTP_DATA_TIMEOUT);
 - `TransportError` (from `connect`): the server cannot be used at all.
 """
 
@@ -34,8 +36,9 @@ from smtplib import quoteaddr
 from newsletter.config import Settings, SmtpConfig
 from newsletter.errors import TransportError
 
-#: RFC 5321 suggests waiting 10 minutes for the reply to the end of DATA.
-FINAL_REPLY_TIMEOUT = 600.0
+#: RFC 5321 suggests up to 10 minutes for the reply to the end of DATA; a relay that
+#: takes that long holds every message that long, so the default is shorter (a setting).
+FINAL_REPLY_TIMEOUT = 120.0
 _LEADING_DOT = re.compile(rb"(?m)^\.")
 _outbox_sequence = itertools.count(1)
 
@@ -44,6 +47,8 @@ _outbox_sequence = itertools.count(1)
 class Reply:
     code: int
     text: str = ""
+    #: the command answered: "mail", "rcpt", "data" (before the body) or "body" (its end)
+    stage: str = ""
 
     @property
     def ok(self) -> bool:
@@ -56,9 +61,10 @@ class Reply:
 class ConnectionLost(Exception):
     """The connection broke during a message; `after_body` says whether the server may have it."""
 
-    def __init__(self, detail: str, *, after_body: bool) -> None:
+    def __init__(self, detail: str, *, after_body: bool, timed_out: bool = False) -> None:
         super().__init__(detail)
         self.after_body = after_body
+        self.timed_out = timed_out  # the body went out and no reply came in time
 
 
 class BaseTransport(ABC):
@@ -210,8 +216,16 @@ class SMTPTransport(BaseTransport):
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             self._smtp = None
             self._abandon(smtp)
-            raise ConnectionLost(_describe(exc), after_body=body_sent) from None
-        reply = Reply(code, _reply_text(text))
+            # smtplib turns a read timeout into SMTPServerDisconnected("... timed out")
+            timed_out = body_sent and (
+                isinstance(exc, TimeoutError) or isinstance(exc.__context__, TimeoutError)
+            )
+            if timed_out:
+                detail = f"no reply to the end of the message within {self.final_reply_timeout:g} s"
+            else:
+                detail = _describe(exc)
+            raise ConnectionLost(detail, after_body=body_sent, timed_out=timed_out) from None
+        reply = Reply(code, _reply_text(text), "body")
         if code == 421:
             self.close()
         return reply
@@ -225,12 +239,12 @@ class SMTPTransport(BaseTransport):
         if not smtp.has_extn("pipelining"):
             code, text = smtp.mail(mail_from)
             if code != 250:
-                return self._refused(code, text)
+                return self._refused(code, text, "mail")
             code, text = smtp.rcpt(rcpt)
             if code not in (250, 251):
-                return self._refused(code, text)
+                return self._refused(code, text, "rcpt")
             code, text = smtp.docmd("data")
-            return None if code == 354 else self._refused(code, text)
+            return None if code == 354 else self._refused(code, text, "data")
         commands = f"MAIL FROM:{quoteaddr(mail_from)}\r\nRCPT TO:{quoteaddr(rcpt)}\r\nDATA\r\n"
         smtp.send(commands.encode("ascii"))
         (m_code, m_text), (r_code, r_text), (d_code, d_text) = (
@@ -243,14 +257,14 @@ class SMTPTransport(BaseTransport):
             smtp.send(b".\r\n")  # a server that took DATA anyway: end the empty message
             smtp.getreply()
         if m_code != 250:
-            return self._refused(m_code, m_text)
+            return self._refused(m_code, m_text, "mail")
         if r_code not in (250, 251):
-            return self._refused(r_code, r_text)
-        return None if d_code == 354 else self._refused(d_code, d_text)
+            return self._refused(r_code, r_text, "rcpt")
+        return None if d_code == 354 else self._refused(d_code, d_text, "data")
 
-    def _refused(self, code: int, text: bytes) -> Reply:
+    def _refused(self, code: int, text: bytes, stage: str) -> Reply:
         """A refusal before the body: reset the transaction so the connection can go on."""
-        reply = Reply(code, _reply_text(text))
+        reply = Reply(code, _reply_text(text), stage)
         if code == 421 or code == -1:
             self._abandon(self._smtp)
             self._smtp = None
@@ -329,14 +343,23 @@ TransportFactory = Callable[[], BaseTransport]
 
 
 def transport_factory(settings: Settings) -> TransportFactory:
-    """What `newsletter send` uses: SMTP when NEWSLETTER_SMTP_URL is set, else the outbox."""
+    """What `newsletter send` uses: SMTP when NEWSLETTER_SMTP_URL is set, else the outbox
+    folder, only when NEWSLETTER_OUTBOX asks for it (never a silent fallback)."""
     smtp = settings.smtp
     if smtp is None:
-        return lambda: OutboxTransport(settings.outbox)
-    return lambda: SMTPTransport(smtp, timeout=settings.smtp_timeout)
+
+        def outbox() -> BaseTransport:
+            settings.require(destination=True)  # neither set: a ConfigError naming both
+            assert settings.outbox is not None
+            return OutboxTransport(settings.outbox)
+
+        return outbox
+    return lambda: SMTPTransport(
+        smtp, timeout=settings.smtp_timeout, final_reply_timeout=settings.smtp_data_timeout
+    )
 
 
 def describe_destination(settings: Settings) -> str:
     if settings.smtp is None:
-        return f"outbox folder {settings.outbox.resolve()}"
+        return f"outbox folder {settings.outbox.resolve() if settings.outbox else '(unset)'}"
     return f"SMTP server {settings.smtp.display}"

@@ -24,6 +24,7 @@ def site(tmp_path: Path) -> Path:
     shutil.copy(SAMPLE_FEED, tmp_path / "feed.xml")
     lines = [f'{k}="{v}"' for k, v in BASE_ENV.items()]
     lines.append("NEWSLETTER_FEED_URL=feed.xml")
+    lines.append("NEWSLETTER_OUTBOX=outbox")  # asked for on purpose: never a silent fallback
     lines.append(f"NEWSLETTER_DATABASE_URL={database_url(tmp_path)}")
     (tmp_path / ".env").write_text("\n".join(lines) + "\n")
     engine = open_database(database_url(tmp_path))

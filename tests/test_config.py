@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import re
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from newsletter.config import ENV_NAMES, Secret, load_settings, parse_smtp_url
-from newsletter.errors import ConfigError
+from newsletter.config import (
+    ENV_NAMES,
+    Secret,
+    Settings,
+    known_names,
+    load_settings,
+    nearest_setting,
+    parse_smtp_url,
+)
+from newsletter.errors import ConfigError, MissingSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -17,7 +26,7 @@ def test_defaults(tmp_path: Path) -> None:
     settings = load_settings(environ={}, env_file=tmp_path / "none")
     assert settings.database_url == "sqlite:///subscribers.db"
     assert settings.smtp is None
-    assert settings.outbox == Path("outbox")
+    assert settings.outbox is None  # the outbox is asked for, never a fallback
     assert settings.base_url == "http://localhost:8000"
     assert settings.templates_dir == Path("templates")
 
@@ -54,10 +63,68 @@ def test_malformed_settings_name_themselves(
     assert "\n" not in caught.value.message
 
 
-def test_require_names_the_missing_setting(tmp_path: Path) -> None:
-    settings = load_settings(environ={}, env_file=tmp_path / "none")
-    with pytest.raises(ConfigError, match="NEWSLETTER_FEED_URL is not set"):
-        settings.require("feed_url")
+def test_require_names_every_missing_setting_at_once(tmp_path: Path) -> None:
+    settings = load_settings(
+        environ={"NEWSLETTER_FROM": "a@example.org"}, env_file=tmp_path / "none"
+    )
+    with pytest.raises(MissingSettings) as caught:
+        settings.require("feed_url", "from_address", "postal_address")
+    assert caught.value.names == ("NEWSLETTER_FEED_URL", "NEWSLETTER_POSTAL_ADDRESS")
+    assert "(" not in caught.value.message
+
+
+def test_a_delivering_command_needs_smtp_or_an_outbox_asked_for(tmp_path: Path) -> None:
+    bare = load_settings(environ={}, env_file=tmp_path / "none")
+    bare.require()  # nothing asked, nothing missing
+    with pytest.raises(MissingSettings) as caught:
+        bare.require(destination=True)
+    assert caught.value.names == ("NEWSLETTER_SMTP_URL or NEWSLETTER_OUTBOX",)
+    for env in ({"NEWSLETTER_OUTBOX": "box"}, {"NEWSLETTER_SMTP_URL": "smtp://127.0.0.1:2525"}):
+        load_settings(environ=env, env_file=tmp_path / "none").require(destination=True)
+
+
+@pytest.mark.parametrize("where", ["environment", ".env"])
+def test_an_unknown_name_is_an_error_naming_the_nearest_setting(
+    tmp_path: Path, where: str
+) -> None:
+    """A typo must not fall back to a default (it sent an issue to the outbox)."""
+    env_file = tmp_path / ".env"
+    typo = {"NEWSLETTER_SMPT_URL": "smtp://mail.example.org"}
+    if where == ".env":
+        env_file.write_text("NEWSLETTER_FEED_URL=feed.xml\nNEWSLETTER_SMPT_URL=smtp://x\n")
+        typo = {}
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ=typo, env_file=env_file)
+    assert caught.value.message == (
+        "NEWSLETTER_SMPT_URL is not a setting; did you mean NEWSLETTER_SMTP_URL?"
+    )
+    expected = str(env_file.resolve()) if where == ".env" else "the environment"
+    assert caught.value.hint == f"It is set in {expected}."
+
+
+def test_an_unknown_name_far_from_any_setting_points_to_the_list(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="NEWSLETTER_XYZZY is not a setting .see .env.example"):
+        load_settings(environ={"NEWSLETTER_XYZZY": "1"}, env_file=tmp_path / "none")
+    assert nearest_setting("NEWSLETTER_OUTBOXX") == "NEWSLETTER_OUTBOX"
+    assert nearest_setting("NEWSLETTER_DATABASE") == "NEWSLETTER_DATABASE_URL"
+
+
+def test_known_names_follow_the_settings_definition() -> None:
+    """A field added to Settings is a known name without a second list to keep in step."""
+    assert set(ENV_NAMES) == {f.name for f in fields(Settings)}
+    assert set(ENV_NAMES.values()) <= known_names()
+    assert ENV_NAMES["smtp"] == "NEWSLETTER_SMTP_URL" and ENV_NAMES["from_address"] == (
+        "NEWSLETTER_FROM"
+    )
+
+
+def test_names_of_the_cli_and_the_test_harness_are_not_typos(tmp_path: Path) -> None:
+    env = {
+        "NEWSLETTER_DNS_SERVER": "127.0.0.1:53",  # doctor --dns-server
+        "NEWSLETTER_TEST_POSTGRES_URL": "postgresql+psycopg://x@h/db",
+        "NEWSLETTER_STRICT_SERVICES": "1",
+    }
+    load_settings(environ=env, env_file=tmp_path / "none")
 
 
 def test_smtp_url_parsing_keeps_the_password_secret() -> None:

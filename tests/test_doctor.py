@@ -424,7 +424,7 @@ def test_cli_missing_records_and_smtp_down_exit_1(
 
 def test_cli_outbox_without_smtp_and_no_dns_answer(tmp_path: Path) -> None:
     with _silent_udp_port() as sock:
-        env = {**BASE_ENV, "NEWSLETTER_FEED_URL": "feed.xml"}
+        env = {**BASE_ENV, "NEWSLETTER_FEED_URL": "feed.xml", "NEWSLETTER_OUTBOX": "outbox"}
         started = time.monotonic()
         result = run(tmp_path, f"--dns-server=127.0.0.1:{sock.getsockname()[1]}", **env)
         assert time.monotonic() - started < 20

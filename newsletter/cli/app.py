@@ -4,15 +4,22 @@ and the single place where a NewsletterError becomes a message and exit code 1."
 from __future__ import annotations
 
 import sys
-from functools import cached_property
-from typing import Any
+from collections.abc import Callable
+from functools import cached_property, update_wrapper
+from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 from sqlalchemy.engine import Engine
 
-from newsletter.config import Settings, load_settings
-from newsletter.db import open_database
-from newsletter.errors import NewsletterError
+from newsletter.config import Settings, describe_env_file, load_settings
+from newsletter.db import open_database, scratch_database, sqlite_file
+from newsletter.errors import DatabaseMissing, MissingSettings, NewsletterError
+
+#: The commands that add people: only they may create a SQLite database. Any other
+#: command given a file that is not there was run from the wrong folder (cron) or
+#: with a wrong URL, and an empty new database would hide that.
+CREATES_DATABASE = frozenset({"import", "subscribers add", "serve"})
 
 
 class App:
@@ -20,20 +27,102 @@ class App:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.command = ""  # e.g. "subscribers add"; set by `pass_app`
 
     @cached_property
     def engine(self) -> Engine:
-        return open_database(self.settings.database_url)
+        """The database, migrated; created only by the commands of CREATES_DATABASE."""
+        url = self.settings.database_url
+        if self.command not in CREATES_DATABASE:
+            path = sqlite_file(url)
+            if path is not None and not path.exists():
+                raise missing_database(path)
+        return open_database(url)
+
+    def trial_engine(self) -> Engine:
+        """For runs that record nothing (`send --preview/--to/--dry-run`): the database when
+        it exists, else an empty in-memory one, so staff can try the look before any
+        subscriber exists without a database file appearing."""
+        path = sqlite_file(self.settings.database_url)
+        if path is not None and not path.exists():
+            return scratch_database()
+        return self.engine
 
 
-pass_app = click.make_pass_decorator(App)
+def missing_database(path: Path) -> DatabaseMissing:
+    """The error for a SQLite file that is not there: where we looked, and from where."""
+    return DatabaseMissing(
+        f"no database at {path.resolve()}: NEWSLETTER_DATABASE_URL names {path}, "
+        f"and the working directory is {Path.cwd()}",
+        hint=(
+            "Run the command from the folder that holds the database, or set "
+            "NEWSLETTER_DATABASE_URL to its absolute path; `newsletter import` and "
+            "`newsletter subscribers add` create a new one."
+        ),
+    )
 
 
-def fail(exc: NewsletterError) -> None:
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def pass_app(f: F) -> F:
+    """Like click.make_pass_decorator(App), and records which command runs (for the
+    database policy and for error messages)."""
+
+    def new_func(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        app = ctx.find_object(App)
+        if app is None:
+            raise RuntimeError("no App in the click context")
+        app.command = command_name(ctx)
+        return ctx.invoke(f, app, *args, **kwargs)
+
+    return update_wrapper(new_func, f)  # type: ignore[return-value]
+
+
+def command_name(ctx: click.Context) -> str:
+    """'subscribers add' for `newsletter subscribers add` (the program name left out)."""
+    names: list[str] = []
+    while ctx.parent is not None:
+        names.append(ctx.info_name or "")
+        ctx = ctx.parent
+    return " ".join(reversed(names))
+
+
+def _sentence(text: str) -> str:
+    """One line, ending in a full stop unless it already ends a sentence."""
+    text = " ".join(text.split())
+    return text if text.endswith((".", "?", "!")) else text + "."
+
+
+def error_line(exc: NewsletterError, command: str) -> str:
+    """The one line a NewsletterError becomes: the message, then the hint, no nesting.
+
+    Missing settings are named all at once, with the command that needs them and the
+    .env file that was read (or that none was found in the working directory).
+    """
+    if isinstance(exc, MissingSettings):
+        plural = len(exc.names) > 1
+        them = "them" if plural else "it"
+        where = describe_env_file()
+        fix = (
+            f"set {them} there or in the environment"
+            if where.startswith("Read ")
+            else f"set {them} in the environment or in a .env file there"
+        )
+        message = (
+            f"missing setting{'s' if plural else ''} for `newsletter {command}`: "
+            f"{', '.join(exc.names)}"
+        )
+        parts = [message, exc.detail or "", f"{where}; {fix} (see .env.example)"]
+    else:
+        parts = [exc.message, exc.hint or ""]
+    return "Error: " + " ".join(_sentence(p) for p in parts if p.strip())
+
+
+def fail(exc: NewsletterError, command: str = "") -> None:
     """Print a NewsletterError as one line (message, then the hint) and exit 1."""
-    message = " ".join(exc.message.split())
-    hint = f" ({exc.hint})" if exc.hint else ""
-    click.secho(f"Error: {message}{hint}", fg="red", err=True)
+    click.secho(error_line(exc, command), fg="red", err=True)
     sys.exit(1)
 
 
@@ -44,7 +133,8 @@ class NewsletterGroup(click.Group):
         try:
             return super().invoke(ctx)
         except NewsletterError as exc:
-            fail(exc)
+            app = ctx.obj if isinstance(ctx.obj, App) else None
+            fail(exc, (app.command if app else "") or ctx.invoked_subcommand or "")
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             sys.exit(130)

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from newsletter.cli.app import App, main, pass_app
-from newsletter.send import SendOptions, SendResult, run_send
+from newsletter.send import SendOptions, SendResult, check_settings, run_send
 from newsletter.status import status_report
 from newsletter.transport import describe_destination
 
@@ -110,7 +110,10 @@ def send(
         retry_unknown=retry_unknown,
         retry_failed=retry_failed,
     )
-    result = run_send(app.engine, app.settings, options, progress=_progress_bar)
+    check_settings(app.settings, options)  # all missing settings first, then the database
+    trial = dry_run or preview is not None or to is not None  # records nothing
+    engine = app.trial_engine() if trial else app.engine
+    result = run_send(engine, app.settings, options, progress=_progress_bar)
     _print_result(app, result, options)
     if result.error is not None:
         raise result.error
@@ -125,6 +128,10 @@ def status(app: App, limit: int) -> None:
     click.echo("Subscribers:")
     for name, count in report.subscribers.items():
         click.echo(f"  {name:<13}{count:>8}")
+    if report.unmatched_bounces:
+        click.echo(
+            f"Bounce reports matching no delivery: {report.unmatched_bounces} (nobody suppressed)"
+        )
     if report.sending:
         click.echo(f"A send is running now ({report.sending}).")
     if report.workers:

@@ -80,8 +80,17 @@ def run_doctor(
                 ssl_context=ssl_context,
             )
         )
-    else:
+    elif settings.outbox is not None:
         checks.append(check_outbox(settings.outbox))
+    else:
+        checks.append(
+            Check(
+                "smtp",
+                Status.FAIL,
+                "neither NEWSLETTER_SMTP_URL nor NEWSLETTER_OUTBOX is set: `send` refuses to run",
+                "set NEWSLETTER_SMTP_URL (or NEWSLETTER_OUTBOX to write .eml files to a folder)",
+            )
+        )
     checks.extend(_dns_checks(settings, errors, dns_server, resolver))
     return DoctorReport(tuple(checks))
 
