@@ -1,21 +1,34 @@
 """`newsletter import`: bring a contacts export in without ever resubscribing anyone.
 
-The whole import is one transaction (BEGIN IMMEDIATE): a bad row is rejected
-and reported, but an unreadable file, an error or Ctrl-C leaves the database as
-it was. A dry run does the same work and rolls back, so its report is exact.
+An import runs in two stages, so that it never holds the database's write lock
+for long (a one-click unsubscribe arriving during a 600k-row import must not
+wait past its busy timeout, and was once lost that way):
 
-Rows stream from the file and are written in batches with SQLAlchemy Core
-(executemany; an ORM object per row is ~9x slower), so memory does not grow
-with the file. On PostgreSQL new rows are streamed with COPY instead, in the
-same transaction. Duplicates across batches are found through the database itself:
-a row this import inserted carries its `created_at`, and pre-existing rows
-already met are remembered in a temporary table, not in Python.
+1. Checking: the whole file is read, each row validated and normalised, and the
+   good rows staged in a private temporary SQLite file (one row per address: the
+   first spelling met wins, later ones count as duplicates). The database is only
+   read. An unreadable file or a malformed row anywhere raises ImportFileError
+   here, so bad input leaves the database exactly as it was.
+2. Writing: the staged rows are merged into `subscriber` in short transactions of
+   `BATCH` rows (BEGIN IMMEDIATE on SQLite; SQLAlchemy Core executemany, or COPY
+   on PostgreSQL), each committed on its own, so other writers get the lock
+   between batches. Each batch re-reads the rows it touches inside its own
+   transaction, so whatever another writer did in between (an unsubscribe, a
+   forget) is honoured: nobody who left is ever made active again.
+
+The guarantee when the writing stage is interrupted (Ctrl-C, kill -9, an error)
+is "whole batches, resumable": every committed batch is complete and valid, the
+rest is not written, and running the same import again finishes it (an import is
+idempotent: rows already in are counted unchanged). `ImportIncomplete` says how
+far it got. A dry run does both stages but only reads in the second, so its
+report is exact and it takes no write lock at all.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import sqlite3
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,8 +39,15 @@ from typing import Any
 import sqlalchemy as sa
 
 from newsletter.addresses import AddressError, clean_name, email_hash, normalise_address
-from newsletter.csvformats import Contact, ContactsFile, neutralise_cell, read_contact
+from newsletter.csvformats import (
+    Contact,
+    ContactsFile,
+    estimate_rows,
+    neutralise_cell,
+    read_contact,
+)
 from newsletter.db import write_session
+from newsletter.errors import NewsletterError
 from newsletter.models import (
     Subscriber,
     SubscriberStatus,
@@ -37,8 +57,11 @@ from newsletter.models import (
 )
 from newsletter.subscribers import new_token
 
-BATCH = 1000
-Progress = Callable[[int], None]
+BATCH = 1000  # rows per write transaction: ~10-30 ms of write lock each
+CHECKING = "checking"
+WRITING = "writing"
+#: progress(stage, done, total): stage is CHECKING (file rows) or WRITING (staged contacts)
+Progress = Callable[[str, int, int], None]
 _T: sa.Table = Subscriber.__table__  # type: ignore[attr-defined]
 _SUPPRESSED = SubscriberStatus.SUPPRESSED
 
@@ -65,12 +88,6 @@ def _driver_insert(dialect: sa.Dialect) -> tuple[str, tuple[str, ...] | None] | 
     return str(compiled), tuple(compiled.positiontup or ()) if compiled.positional else None
 
 
-_SEEN = sa.Table(
-    "newsletter_import_seen",
-    sa.MetaData(),
-    sa.Column("k", sa.String(320), primary_key=True),
-    prefixes=["TEMPORARY"],
-)
 _EXISTING = sa.select(
     _T.c.id,
     _T.c.email_key,
@@ -81,12 +98,16 @@ _EXISTING = sa.select(
     _T.c.unsubscribed_at,
     _T.c.unsubscribe_method,
     _T.c.consent_ip,
-    _T.c.created_at,
 ).where(_T.c.email_key.in_(sa.bindparam("keys", expanding=True)))
-_ALREADY_SEEN = sa.select(_SEEN.c.k).where(_SEEN.c.k.in_(sa.bindparam("keys", expanding=True)))
+_FORGOTTEN = sa.select(Suppression.email_hash).where(
+    Suppression.email_hash.in_(sa.bindparam("hashes", expanding=True))  # type: ignore[attr-defined]
+)
+# The status guard matters on PostgreSQL (READ COMMITTED): an unsubscribe committed
+# between this batch's read and its update is seen by the UPDATE, which then skips the row.
 _UPDATE = (
     _T.update()
     .where(_T.c.id == sa.bindparam("b_id"))
+    .where(sa.and_(*(_T.c.status != status for status in sorted(_SUPPRESSED))))
     .values(
         name=sa.bindparam("b_name"),
         status=sa.bindparam("b_status"),
@@ -98,6 +119,21 @@ _UPDATE = (
         updated_at=sa.bindparam("b_updated_at", type_=UTCDateTime()),
     )
 )
+
+
+class ImportIncomplete(NewsletterError):
+    """The writing stage stopped after some batches were committed (see the module doc)."""
+
+    hint = "Run the same import again to finish it: rows already imported stay as they are."
+
+    def __init__(self, written: int, total: int, cause: BaseException) -> None:
+        what = "interrupted" if isinstance(cause, KeyboardInterrupt) else f"stopped ({cause})"
+        super().__init__(
+            f"import {what} after writing {written} of {total} contacts "
+            "(in whole batches; the rest were not written)"
+        )
+        self.written = written
+        self.total = total
 
 
 @dataclass
@@ -162,15 +198,11 @@ class ImportReport:
         return out
 
 
-class _DryRun(Exception):
-    """Raised inside the transaction so that a dry run rolls everything back."""
-
-
 @contextlib.contextmanager
 def _rejects_writer(
     path: Path | None, header: list[str]
 ) -> Iterator[Callable[[list[str], str], None]]:
-    """A writer of rejected rows + reason; the file appears only if the import finishes."""
+    """A writer of rejected rows + reason; the file appears only once the file is all read."""
     if path is None:
         yield lambda cells, reason: None
         return
@@ -187,83 +219,155 @@ def _rejects_writer(
         part.unlink(missing_ok=True)
 
 
-class _Batch:
-    """The state of one import: counts, the import time, and the rows waiting to be written."""
+@dataclass
+class _Staged:
+    """One checked contact, as staged between the two stages."""
 
-    def __init__(self, conn: sa.Connection, report: ImportReport) -> None:
-        self.conn = conn
+    email: str
+    key: str
+    name: str | None
+    status: str
+    opt_in_at: datetime | None
+    confirmed_at: datetime | None
+    unsubscribed_at: datetime | None
+    consent_ip: str | None
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _when(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text is not None else None
+
+
+class _Staging:
+    """The checked rows, one per address, in a private temporary SQLite file.
+
+    `sqlite3.connect("")` makes an on-disk database that SQLite deletes when it is
+    closed (or the process dies), so memory stays flat whatever the file's size,
+    and the real database, SQLite or PostgreSQL, is not written while checking.
+    """
+
+    def __init__(self) -> None:
+        self.db = sqlite3.connect("")
+        self.db.execute(
+            "CREATE TABLE staged (seq INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, email TEXT,"
+            " name TEXT, status TEXT, opt_in_at TEXT, confirmed_at TEXT, unsubscribed_at TEXT,"
+            " consent_ip TEXT)"
+        )
+        self.waiting: list[tuple[Any, ...]] = []
+        self.count = 0
+
+    def add(self, email: str, key: str, c: Contact) -> None:
+        self.waiting.append(
+            (
+                key,
+                email,
+                c.name,
+                c.status,
+                _iso(c.opt_in_at),
+                _iso(c.confirmed_at),
+                _iso(c.unsubscribed_at),
+                c.consent_ip,
+            )
+        )
+
+    def flush(self) -> int:
+        """Stage the waiting rows; return how many were duplicates of staged addresses."""
+        if not self.waiting:
+            return 0
+        cursor = self.db.executemany(
+            "INSERT OR IGNORE INTO staged (key, email, name, status, opt_in_at, confirmed_at,"
+            " unsubscribed_at, consent_ip) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            self.waiting,
+        )
+        added = cursor.rowcount
+        duplicates = len(self.waiting) - added
+        self.count += added
+        self.waiting.clear()
+        return duplicates
+
+    def batches(self, size: int) -> Iterator[list[_Staged]]:
+        """The staged rows in file order, `size` at a time."""
+        last = 0
+        while True:
+            rows = self.db.execute(
+                "SELECT seq, email, key, name, status, opt_in_at, confirmed_at, unsubscribed_at,"
+                " consent_ip FROM staged WHERE seq > ? ORDER BY seq LIMIT ?",
+                (last, size),
+            ).fetchall()
+            if not rows:
+                return
+            last = rows[-1][0]
+            yield [
+                _Staged(r[1], r[2], r[3], r[4], _when(r[5]), _when(r[6]), _when(r[7]), r[8])
+                for r in rows
+            ]
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class _Writer:
+    """Merges staged contacts into `subscriber`, one batch per call, on a given connection."""
+
+    def __init__(self, dialect: sa.Dialect, report: ImportReport) -> None:
         self.report = report
-        self.now = utcnow()  # also marks the rows this import inserts
-        self.forgotten = set(conn.execute(sa.select(Suppression.email_hash)).scalars())
-        self.pending: dict[str, tuple[str, Contact]] = {}
-        self.driver = _driver_insert(conn.dialect)
-        bind = UTCDateTime().dialect_impl(conn.dialect).bind_processor(conn.dialect)
+        self.now = utcnow()
+        self.driver = _driver_insert(dialect)
+        bind = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
         self.to_db: Callable[[Any], Any] = (bind if self.driver else None) or (lambda v: v)
         self.now_db = self.to_db(self.now)
 
-    def add(self, email: str, key: str, contact: Contact) -> None:
-        if key in self.pending:
-            self.report.duplicates += 1
-        elif self.forgotten and email_hash(key) in self.forgotten:
-            self.report.suppressed += 1
-        else:
-            self.pending[key] = (email, contact)
-
-    def flush(self) -> None:
-        if not self.pending:
-            return
-        keys = list(self.pending)
-        existing = {row.email_key: row for row in self.conn.execute(_EXISTING, {"keys": keys})}
-        seen = self._seen_before([k for k, r in existing.items() if r.created_at != self.now])
+    def merge(self, conn: sa.Connection, batch: list[_Staged], *, write: bool) -> None:
+        """Count (and, unless `write` is false, write) one batch against the current rows."""
+        hashes = {email_hash(c.key): c.key for c in batch}
+        found = conn.execute(_FORGOTTEN, {"hashes": list(hashes)}).scalars()
+        forgotten = {hashes[h] for h in found}
+        keys = [c.key for c in batch]
+        existing = {row.email_key: row for row in conn.execute(_EXISTING, {"keys": keys})}
         inserts: list[dict[str, Any]] = []
         updates: list[dict[str, Any]] = []
-        for key, (email, contact) in self.pending.items():
-            row = existing.get(key)
-            if row is None:
-                inserts.append(self._new_row(email, key, contact))
-            elif row.created_at == self.now or key in seen:
-                self.report.duplicates += 1
-            elif (change := self._merge(row, contact)) is not None:
+        for c in batch:
+            row = existing.get(c.key)
+            if c.key in forgotten:  # forgotten while this import was checking
+                self.report.suppressed += 1
+            elif row is None:
+                inserts.append(self._new_row(c))
+            elif (change := self._merge(row, c)) is not None:
                 updates.append(change)
+        if not write:
+            return
         if inserts:
-            self._insert(inserts)
+            self._insert(conn, inserts)
         if updates:
-            self.conn.execute(_UPDATE, updates)
-        self.pending.clear()
+            conn.execute(_UPDATE, updates)
 
-    def _insert(self, rows: list[dict[str, Any]]) -> None:
-        if self.conn.dialect.name == "postgresql":
-            self._copy(rows)
+    def _insert(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
+        if conn.dialect.name == "postgresql":
+            self._copy(conn, rows)
             return
         if self.driver is None:
-            self.conn.execute(sa.insert(_T), rows)
+            conn.execute(sa.insert(_T), rows)
             return
         sql, order = self.driver
         if order is None:  # a named paramstyle: the dicts as they are
-            self.conn.exec_driver_sql(sql, rows)  # type: ignore[arg-type]
+            conn.exec_driver_sql(sql, rows)  # type: ignore[arg-type]
         else:
-            self.conn.exec_driver_sql(sql, [tuple(map(r.__getitem__, order)) for r in rows])
+            conn.exec_driver_sql(sql, [tuple(map(r.__getitem__, order)) for r in rows])
 
-    def _copy(self, rows: list[dict[str, Any]]) -> None:
-        """COPY the new rows (psycopg 3), on the import's own connection and transaction."""
-        raw = self.conn.connection.driver_connection
+    @staticmethod
+    def _copy(conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
+        """COPY the new rows (psycopg 3), on the batch's own connection and transaction."""
+        raw = conn.connection.driver_connection
         assert raw is not None
         columns = ", ".join(_INSERT_COLUMNS)
         with raw.cursor() as cursor, cursor.copy(f"COPY subscriber ({columns}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row([row[name] for name in _INSERT_COLUMNS])
 
-    def _seen_before(self, keys: list[str]) -> set[str]:
-        """Which of these pre-existing keys an earlier batch met; remember the others."""
-        if not keys:
-            return set()
-        seen = set(self.conn.execute(_ALREADY_SEEN, {"keys": keys}).scalars())
-        fresh = [{"k": k} for k in keys if k not in seen]
-        if fresh:
-            self.conn.execute(sa.insert(_SEEN), fresh)
-        return seen
-
-    def _new_row(self, email: str, key: str, c: Contact) -> dict[str, Any]:
+    def _new_row(self, c: _Staged) -> dict[str, Any]:
         inactive = c.status in _SUPPRESSED
         if inactive:
             self.report.kept_unsubscribed += 1
@@ -272,15 +376,14 @@ class _Batch:
         row: dict[str, Any] = dict.fromkeys(_INSERT_COLUMNS)  # columns added later: NULL
         row.update(
             {
-                "email": email,
-                "email_key": key,
+                "email": c.email,
+                "email_key": c.key,
                 "name": c.name,
                 "status": c.status,
                 "token": new_token(),
                 "source": self.report.source,
                 "consent_ip": c.consent_ip,
                 "unsubscribe_method": "import" if inactive else None,
-                "confirm_token": None,
                 "created_at": self.now_db,
                 "updated_at": self.now_db,
                 "opt_in_at": self._db_time(c.opt_in_at),
@@ -297,7 +400,7 @@ class _Batch:
             return None
         return self.now_db if value is self.now else self.to_db(value)
 
-    def _merge(self, row: sa.Row[Any], c: Contact) -> dict[str, Any] | None:
+    def _merge(self, row: sa.Row[Any], c: _Staged) -> dict[str, Any] | None:
         """The update for a pre-existing subscriber, or None if nothing changes."""
         if row.status in _SUPPRESSED:  # never resubscribed, never edited by an import
             self.report.kept_unsubscribed += 1
@@ -335,6 +438,75 @@ class _Batch:
         return new
 
 
+def _check(
+    contacts: ContactsFile,
+    staging: _Staging,
+    report: ImportReport,
+    forgotten: set[str],
+    write_reject: Callable[[list[str], str], None],
+    progress: Progress | None,
+    total: int,
+) -> None:
+    """Stage 1: read, validate and stage every row; the database is not written."""
+    cols, header = contacts.columns, contacts.header
+    for line, cells in contacts.rows():
+        report.rows += 1
+        contact = read_contact(cells, cols, header)
+        if contact.problem is None:
+            try:
+                email, key = normalise_address(contact.email)
+            except AddressError as exc:
+                contact.problem = exc.reason
+        if contact.problem is not None:
+            report.reject(line, contact.email, contact.problem)
+            write_reject(cells, contact.problem)
+            continue
+        if forgotten and email_hash(key) in forgotten:
+            report.suppressed += 1
+            continue
+        contact.name = clean_name(contact.name)
+        staging.add(email, key, contact)
+        if len(staging.waiting) >= BATCH:
+            report.duplicates += staging.flush()
+            if progress is not None:
+                progress(CHECKING, report.rows, max(total, report.rows))
+    report.duplicates += staging.flush()
+    if progress is not None:
+        progress(CHECKING, report.rows, report.rows)
+
+
+def _write(
+    engine: sa.Engine,
+    staging: _Staging,
+    report: ImportReport,
+    dry_run: bool,
+    progress: Progress | None,
+) -> None:
+    """Stage 2: merge the staged rows, one short committed transaction per batch."""
+    writer: _Writer | None = None
+    done = 0
+    try:
+        for batch in staging.batches(BATCH):
+            if dry_run:
+                with engine.connect() as conn:  # reads only: no write lock taken
+                    writer = writer or _Writer(conn.dialect, report)
+                    writer.merge(conn, batch, write=False)
+            else:
+                with write_session(engine) as session:
+                    conn = session.connection()
+                    writer = writer or _Writer(conn.dialect, report)
+                    writer.merge(conn, batch, write=True)
+            done += len(batch)
+            if progress is not None:
+                progress(WRITING, done, staging.count)
+    except BaseException as exc:
+        if done == 0 or dry_run:
+            raise  # nothing was committed: the database is as it was
+        raise ImportIncomplete(done, staging.count, exc) from exc
+    if progress is not None:
+        progress(WRITING, staging.count, staging.count)
+
+
 def import_contacts(
     engine: sa.Engine,
     path: str | Path,
@@ -344,15 +516,17 @@ def import_contacts(
     rejects_path: str | Path | None = None,
     progress: Progress | None = None,
 ) -> ImportReport:
-    """Import a contacts CSV in one transaction; see `ImportReport` for what is counted.
+    """Import a contacts CSV (see the module doc); see `ImportReport` for what is counted.
 
-    An unreadable file raises ImportFileError before the database is touched.
-    `progress(rows_done)` is called after each batch; whatever it raises rolls
-    the import back.
+    A file that cannot be read, anywhere in it, raises ImportFileError before the
+    database is written. `progress(stage, done, total)` is called after each batch
+    of each stage (CHECKING counts file rows, WRITING staged contacts) and once
+    at the end of each with done == total; whatever it raises stops the import
+    like Ctrl-C does (ImportIncomplete if some batches were already committed).
     """
     path = Path(path)
     rejects = Path(rejects_path) if rejects_path is not None else None
-    with ContactsFile(path) as contacts:
+    with ContactsFile(path) as contacts, contextlib.closing(_Staging()) as staging:
         report = ImportReport(
             path=path,
             source=(source or path.name).strip()[:200] or path.name[:200],
@@ -361,37 +535,10 @@ def import_contacts(
             delimiter=contacts.delimiter,
             rejects_path=rejects,
         )
-        cols, header = contacts.columns, contacts.header
-        with _rejects_writer(rejects, header) as write_reject:
-            try:
-                with write_session(engine) as session:
-                    conn = session.connection()
-                    _SEEN.create(conn)
-                    batch = _Batch(conn, report)
-                    for line, cells in contacts.rows():
-                        report.rows += 1
-                        contact = read_contact(cells, cols, header)
-                        if contact.problem is None:
-                            try:
-                                email, key = normalise_address(contact.email)
-                            except AddressError as exc:
-                                contact.problem = exc.reason
-                        if contact.problem is not None:
-                            report.reject(line, contact.email, contact.problem)
-                            write_reject(cells, contact.problem)
-                            continue
-                        contact.name = clean_name(contact.name)
-                        batch.add(email, key, contact)
-                        if len(batch.pending) >= BATCH:
-                            batch.flush()
-                            if progress is not None:
-                                progress(report.rows)
-                    batch.flush()
-                    _SEEN.drop(conn)
-                    if progress is not None:
-                        progress(report.rows)
-                    if dry_run:
-                        raise _DryRun
-            except _DryRun:
-                pass
+        with engine.connect() as conn:
+            forgotten = set(conn.execute(sa.select(Suppression.email_hash)).scalars())
+        total = estimate_rows(path) if progress is not None else 0
+        with _rejects_writer(rejects, contacts.header) as write_reject:
+            _check(contacts, staging, report, forgotten, write_reject, progress, total)
+        _write(engine, staging, report, dry_run, progress)
     return report

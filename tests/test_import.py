@@ -18,7 +18,12 @@ from newsletter.db import open_database, read_session, write_session
 from newsletter.errors import ImportFileError
 from newsletter.importer import ImportReport, import_contacts
 from newsletter.models import Subscriber, SubscriberStatus
-from newsletter.subscribers import add_subscriber, forget_subscriber, remove_subscriber
+from newsletter.subscribers import (
+    add_subscriber,
+    forget_subscriber,
+    remove_subscriber,
+    unsubscribe_by_token,
+)
 from tests.helpers import database_url, table_dump
 
 pytestmark = pytest.mark.usefixtures("db_backend")
@@ -268,28 +273,97 @@ def test_broken_csv_midway_rolls_back(engine: Engine, db_path: Path, tmp_path: P
     assert dump(engine) == before
 
 
-def test_interrupted_import_leaves_nothing(
+def _numbered_file(tmp_path: Path, count: int) -> Path:
+    path = tmp_path / "c.csv"
+    path.write_text("email\n" + "".join(f"u{i}@example.org\n" for i in range(count)))
+    return path
+
+
+def test_interrupted_while_checking_leaves_nothing(
     engine: Engine, db_path: Path, tmp_path: Path, monkeypatch
 ) -> None:
     monkeypatch.setattr(importer, "BATCH", 3)
-    path = tmp_path / "c.csv"
-    path.write_text("email\n" + "".join(f"u{i}@example.org\n" for i in range(20)))
+    path = _numbered_file(tmp_path, 20)
     rejects = tmp_path / "rejects.csv"
     before = dump(engine)
-    calls: list[int] = []
+    calls: list[tuple[str, int, int]] = []
 
-    def progress(rows: int) -> None:
-        calls.append(rows)
+    def progress(stage: str, done: int, total: int) -> None:
+        calls.append((stage, done, total))
         if len(calls) == 3:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         import_contacts(engine, path, progress=progress, rejects_path=rejects)
-    assert calls == [3, 6, 9]
+    assert calls == [("checking", 3, 20), ("checking", 6, 20), ("checking", 9, 20)]
     assert dump(engine) == before
     assert not rejects.exists() and not (tmp_path / "rejects.csv.part").exists()
-    # and the database is still usable afterwards
-    assert import_contacts(engine, path).imported == 20
+    assert import_contacts(engine, path).imported == 20  # and the database is still usable
+
+
+def test_interrupted_while_writing_keeps_whole_batches_and_resumes(
+    engine: Engine, db_path: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """The documented guarantee: committed batches are whole; the same import again finishes."""
+    monkeypatch.setattr(importer, "BATCH", 3)
+    path = _numbered_file(tmp_path, 20)
+    writes: list[int] = []
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage == importer.WRITING:
+            writes.append(done)
+            if len(writes) == 2:
+                raise KeyboardInterrupt
+
+    with pytest.raises(importer.ImportIncomplete) as err:
+        import_contacts(engine, path, progress=progress)
+    assert (err.value.written, err.value.total) == (6, 20)
+    assert "interrupted after writing 6 of 20" in err.value.message
+    assert "again" in (err.value.hint or "")
+    subs = subscribers(engine)
+    assert sorted(subs) == sorted(f"u{i}@example.org" for i in range(6))  # file order
+    assert all(s.status == "active" and s.token for s in subs.values())
+    again = import_contacts(engine, path)
+    assert counts(again) == expect(imported=14, unchanged=6)
+    assert len(subscribers(engine)) == 20
+
+
+def test_unsubscribe_between_batches_is_honoured(
+    engine: Engine, db_path: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Another writer gets the lock between batches, and its unsubscribe wins (issue 11.4)."""
+    monkeypatch.setattr(importer, "BATCH", 3)
+    late = add_subscriber(engine, "u15@example.org").subscriber
+    assert late is not None
+    path = _numbered_file(tmp_path, 20)
+    landed: list[str] = []
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage == importer.WRITING and not landed:
+            sub = unsubscribe_by_token(engine, late.token, method="one-click")
+            assert sub is not None
+            landed.append(sub.status)
+
+    report = import_contacts(engine, path, progress=progress)
+    assert landed == ["unsubscribed"]
+    assert counts(report) == expect(imported=19, kept_unsubscribed=1)
+    assert subscribers(engine)["u15@example.org"].status == "unsubscribed"
+
+
+def test_address_forgotten_while_checking_is_not_stored(
+    engine: Engine, db_path: Path, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setattr(importer, "BATCH", 3)
+    add_subscriber(engine, "u10@example.org")
+    path = _numbered_file(tmp_path, 20)
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage == importer.CHECKING and done == 3:
+            forget_subscriber(engine, "u10@example.org")
+
+    report = import_contacts(engine, path, progress=progress)
+    assert report.suppressed == 1 and report.imported == 19
+    assert "u10@example.org" not in subscribers(engine)
 
 
 def test_forgotten_address_in_file_is_suppressed(engine: Engine) -> None:

@@ -7,14 +7,17 @@ NewsletterErrors, turned into one line and exit 1 by the `main` group.
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 import click
 
 from newsletter.cli.app import App, main, pass_app
 from newsletter.csvformats import estimate_rows
 from newsletter.errors import SubscriberError as ExportError
-from newsletter.importer import import_contacts
+from newsletter.importer import CHECKING, WRITING, import_contacts
 from newsletter.models import SubscriberStatus
 from newsletter.subscribers import (
     add_subscriber,
@@ -25,6 +28,70 @@ from newsletter.subscribers import (
 )
 
 PROGRESS_FROM_ROWS = 20_000  # smaller files finish before a bar is worth showing
+STAGE_LABELS = {CHECKING: "Checking", WRITING: "Writing"}
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(int(seconds + 0.5), 0)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def format_progress(label: str, done: int, total: int, elapsed: float, width: int = 20) -> str:
+    """One line of the import's progress: bar, rows done of total, percent, rate, ETA.
+
+    Once done reaches total it reads 100% with the time taken instead of an ETA.
+    """
+    total = max(total, done, 1)
+    share = done / total
+    filled = int(share * width)
+    rate = done / elapsed if elapsed > 0 else 0.0
+    if done >= total:
+        tail = f"in {_duration(elapsed)}"
+    elif rate > 0:
+        tail = f"ETA {_duration((total - done) / rate)}"
+    else:
+        tail = "ETA --:--"
+    return (
+        f"{label:<9}[{'#' * filled}{'-' * (width - filled)}] {done:,}/{total:,} rows "
+        f"{int(share * 100):3d}%  {rate:,.0f} rows/s  {tail}"
+    )
+
+
+class ImportProgress:
+    """The import's progress on a terminal: a line per stage, redrawn at most 10 times/s."""
+
+    def __init__(self, stream: TextIO, clock: Callable[[], float] = time.monotonic) -> None:
+        self.stream = stream
+        self.clock = clock
+        self.stage: str | None = None
+        self.last_at = clock()  # the previous call: where a new stage's clock starts
+        self.started = self.last_at
+        self.drawn: tuple[float, int, int] | None = None
+        self.width = 0
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        now = self.clock()
+        if stage != self.stage:
+            self.close()
+            self.stage, self.started, self.drawn = stage, self.last_at, None
+        self.last_at = now
+        if self.drawn is not None and (
+            self.drawn[1:] == (done, total) or (done < total and now - self.drawn[0] < 0.1)
+        ):
+            return
+        self.drawn = (now, done, total)
+        line = format_progress(STAGE_LABELS.get(stage, stage), done, total, now - self.started)
+        self.stream.write("\r" + line.ljust(self.width))
+        self.width = len(line)
+        self.stream.flush()
+
+    def close(self) -> None:
+        """End the current line (the bar stays on screen, at 100% when the stage finished)."""
+        if self.width:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.width = 0
 
 
 @main.command("import")
@@ -43,28 +110,20 @@ def import_command(
     """Import contacts from a CSV export (Mailchimp, Ghost, Substack, listmonk, Excel...).
 
     Nobody who unsubscribed, bounced or complained is ever made active again.
+    The whole file is checked before anything is written; then contacts are
+    written in small batches, so the web pages keep working during a large
+    import. If it is stopped midway, run the same import again to finish it.
     """
     engine = app.engine
-    total = estimate_rows(file) if file.is_file() else 0
-    if total < PROGRESS_FROM_ROWS or not sys.stderr.isatty():
-        report = import_contacts(engine, file, dry_run=dry_run, source=source, rejects_path=rejects)
-    else:
-        with click.progressbar(length=total, label="Importing", file=sys.stderr) as bar:
-            done = 0
-
-            def progress(rows: int) -> None:
-                nonlocal done
-                bar.update(rows - done)
-                done = rows
-
-            report = import_contacts(
-                engine,
-                file,
-                dry_run=dry_run,
-                source=source,
-                rejects_path=rejects,
-                progress=progress,
-            )
+    show = sys.stderr.isatty() and file.is_file() and estimate_rows(file) >= PROGRESS_FROM_ROWS
+    bar = ImportProgress(sys.stderr) if show else None
+    try:
+        report = import_contacts(
+            engine, file, dry_run=dry_run, source=source, rejects_path=rejects, progress=bar
+        )
+    finally:
+        if bar is not None:
+            bar.close()
     click.echo("\n".join(report.lines()))
 
 
