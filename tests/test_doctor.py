@@ -93,6 +93,7 @@ def dns_server(keys: dict[str, Path]) -> Iterator[DNSServer]:
     records: dict[str, str | list[str]] = {
         # good: everything right
         "good.test": ["v=spf1 ip4:192.0.2.10 include:_spf.provider.test ~all", "site-verify=1"],
+        "_spf.provider.test": "v=spf1 ip4:198.51.100.0/24 -all",
         "news._domainkey.good.test": ours,
         "pkcs1._domainkey.good.test": _pkcs1_record(keys["ours"]),
         "ed._domainkey.good.test": ed,

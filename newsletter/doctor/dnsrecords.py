@@ -20,6 +20,7 @@ import dns.resolver
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from publicsuffixlist import PublicSuffixList
 
 from newsletter.config import Settings
 from newsletter.dkim import GeneratedKey, load_key, public_key_b64
@@ -127,16 +128,103 @@ def _tags(record: str) -> dict[str, str]:
     return tags
 
 
-_SPF_LOOKUP_TERMS = re.compile(r"^[+?~-]?(include:|a\b|a:|a/|mx\b|mx:|mx/|ptr|exists:|redirect=)")
+MAX_SPF_LOOKUPS = 10  # RFC 7208 4.6.4: more is a permanent error
+MAX_SPF_VOID_LOOKUPS = 2  # RFC 7208 4.6.4: lookups that find nothing
+_SPF_WALK_CAP = 60  # records read at most: a huge include tree still ends quickly
+_SPF_COUNTED = ("a", "mx", "ptr", "exists", "include")
+
+
+def _spf_records(found: list[str]) -> list[str]:
+    return [r for r in found if r.lower() == "v=spf1" or r.lower().startswith("v=spf1 ")]
+
+
+@dataclass
+class _SpfWalk:
+    """What following an SPF record's includes and redirect found."""
+
+    lookups: int = 0
+    void: int = 0
+    records_read: int = 0
+    problems: list[str] = field(default_factory=list)
+    per_include: dict[str, int] = field(default_factory=dict)
+
+
+_SPF_TERM = re.compile(r"^[+?~-]?([a-z][a-z0-9_.-]*)(?:([:=])([^/]*))?", re.IGNORECASE)
+
+
+def _spf_mechanism(term: str) -> tuple[str, str]:
+    """'~include:_spf.x.test' -> ('include', '_spf.x.test'); 'redirect=y' -> ('redirect', 'y').
+
+    A modifier other than redirect keeps its '=' ('exp=' is not 'exists:'); a
+    value stops at a CIDR length ('a:mail.x.test/24' -> 'mail.x.test').
+    """
+    match = _SPF_TERM.match(term.strip())
+    if match is None:
+        return "", ""
+    name, sep, value = match.group(1).lower(), match.group(2) or "", match.group(3) or ""
+    if sep == "=" and name != "redirect":
+        return f"{name}=", value
+    return name, value
+
+
+def _walk_spf(dns_lookup: TxtLookup, record: str, walk: _SpfWalk, path: tuple[str, ...]) -> None:
+    """Count the DNS lookups `record` makes, following include: and redirect= (RFC 7208 4.6.4).
+
+    Raises DnsFailure when a record it needs cannot be read.
+    """
+    terms = record.split()[1:]
+    has_all = any(t.lower().lstrip("+-~?") == "all" for t in terms)
+    targets: list[tuple[str, str]] = []
+    for term in terms:
+        name, value = _spf_mechanism(term)
+        if name in _SPF_COUNTED:
+            walk.lookups += 1
+            if name == "include" and value:
+                targets.append(("include", value))
+        elif name == "redirect" and value and not has_all:  # ignored when 'all' is there
+            walk.lookups += 1
+            targets.append(("redirect", value))
+    for kind, target in targets:
+        target = target.rstrip(".")
+        before = walk.lookups
+        if "%" in target:  # a macro, expanded per message: nothing to follow here
+            continue
+        if target in path:
+            chain = " -> ".join([*path, target])
+            walk.problems.append(f"{kind}:{target} loops back ({chain})")
+            continue
+        if walk.records_read >= _SPF_WALK_CAP:
+            too_many = f"more than {_SPF_WALK_CAP} nested SPF records"
+            if too_many not in walk.problems:
+                walk.problems.append(too_many)
+            return
+        walk.records_read += 1
+        found = dns_lookup.txt(target)
+        records = _spf_records(found)
+        if not found:  # NXDOMAIN or no TXT at all: a void lookup
+            walk.void += 1
+        if not records:
+            walk.problems.append(f"{kind}:{target} has no SPF record")
+            continue
+        if len(records) > 1:
+            walk.problems.append(f"{kind}:{target} has {len(records)} SPF records")
+            continue
+        _walk_spf(dns_lookup, records[0], walk, (*path, target))
+        if len(path) == 1:
+            walk.per_include[f"{kind}:{target}"] = walk.lookups - before + 1
 
 
 def check_spf(dns_lookup: TxtLookup, domain: str) -> Check:
-    """RFC 7208: exactly one `v=spf1` TXT record at the From domain, ending in ~all or -all."""
+    """RFC 7208: one `v=spf1` TXT record at the From domain, ending in ~all or -all.
+
+    Its include: and redirect= are followed: more than 10 DNS lookups or 2 void
+    lookups over the whole tree is a permanent error receivers act on.
+    """
     try:
         found = dns_lookup.txt(domain)
     except DnsFailure as exc:
         return _dns_failed("spf", f"TXT {domain}", exc)
-    records = [r for r in found if r.lower() == "v=spf1" or r.lower().startswith("v=spf1 ")]
+    records = _spf_records(found)
     if not records and domain in dns_lookup.nxdomain:
         return Check(
             "spf",
@@ -164,7 +252,6 @@ def check_spf(dns_lookup: TxtLookup, domain: str) -> Check:
     record = records[0]
     terms = record.split()[1:]
     all_term = next((t.lower() for t in terms if t.lower().lstrip("+-~?") == "all"), None)
-    lookups = sum(1 for t in terms if _SPF_LOOKUP_TERMS.match(t.lower()))
     if all_term in ("all", "+all"):
         return Check(
             "spf",
@@ -172,13 +259,37 @@ def check_spf(dns_lookup: TxtLookup, domain: str) -> Check:
             f"SPF record at {domain} ends in {all_term}: it lets any server send as @{domain}",
             "end it with ~all or -all",
         )
-    if lookups > 10:
+    walk = _SpfWalk()
+    try:
+        _walk_spf(dns_lookup, record, walk, (domain,))
+    except DnsFailure as exc:
+        return _dns_failed("spf", f"the includes of the SPF record at {domain}", exc)
+    if walk.lookups > MAX_SPF_LOOKUPS:
+        heaviest = sorted(walk.per_include.items(), key=lambda item: -item[1])[:3]
+        detail = ", ".join(f"{term} needs {count}" for term, count in heaviest)
         return Check(
             "spf",
             Status.FAIL,
-            f"SPF record at {domain} needs {lookups} DNS lookups, above the limit of 10 "
-            "(RFC 7208 permerror): receivers ignore it",
-            "remove includes you no longer use",
+            f"SPF needs {walk.lookups} DNS lookups; receivers allow {MAX_SPF_LOOKUPS} "
+            f"(RFC 7208 permerror) and ignore the record at {domain}",
+            "remove includes you no longer use, or replace some by ip4:/ip6: ranges"
+            + (f" ({detail})" if detail else ""),
+        )
+    if walk.problems:
+        return Check(
+            "spf",
+            Status.FAIL,
+            f"SPF at {domain} is broken: {'; '.join(walk.problems[:3])} "
+            "(RFC 7208 permerror): receivers ignore the record",
+            "fix or remove those includes",
+        )
+    if walk.void > MAX_SPF_VOID_LOOKUPS:
+        return Check(
+            "spf",
+            Status.FAIL,
+            f"SPF at {domain} makes {walk.void} void DNS lookups (names with no record); "
+            f"receivers allow {MAX_SPF_VOID_LOOKUPS} (RFC 7208 permerror)",
+            "remove includes of names that no longer exist",
         )
     if all_term is None and not any(t.lower().startswith("redirect=") for t in terms):
         return Check(
@@ -194,7 +305,11 @@ def check_spf(dns_lookup: TxtLookup, domain: str) -> Check:
             f"SPF record at {domain} ends in ?all: it says nothing about other servers",
             "end it with ~all or -all",
         )
-    return Check("spf", Status.OK, f"SPF record at {domain}: {record}")
+    return Check(
+        "spf",
+        Status.OK,
+        f"SPF record at {domain}: {record} ({walk.lookups} of {MAX_SPF_LOOKUPS} DNS lookups)",
+    )
 
 
 def _published_key(tags: Mapping[str, str]) -> tuple[bytes, str]:
@@ -311,16 +426,32 @@ def _dmarc_records(dns_lookup: TxtLookup, domain: str) -> list[str]:
     return [r for r in dns_lookup.txt(f"_dmarc.{domain}") if _DMARC.match(r)]
 
 
+_PSL: PublicSuffixList | None = None
+
+
+def organisational_domain(domain: str) -> str:
+    """The registered domain under its public suffix: news.example.co.uk -> example.co.uk.
+
+    The Public Suffix List is the one the publicsuffixlist package ships (no
+    download); a name under an unknown top-level domain (like .test) keeps
+    its last two labels.
+    """
+    global _PSL
+    if _PSL is None:
+        _PSL = PublicSuffixList()
+    name = domain.strip().rstrip(".").lower()
+    return _PSL.privatesuffix(name) or name
+
+
 def check_dmarc(dns_lookup: TxtLookup, domain: str) -> Check:
     """RFC 7489: one v=DMARC1 record at _dmarc.<domain> (or its parent domain) with a policy."""
     name = f"_dmarc.{domain}"
     try:
         records = _dmarc_records(dns_lookup, domain)
         where = name
-        labels = domain.split(".")
-        if not records and len(labels) > 2:
-            # receivers fall back to the organisational domain (approximated: the last two labels)
-            parent = ".".join(labels[-2:])
+        parent = organisational_domain(domain)
+        if not records and parent != domain.strip().rstrip(".").lower():
+            # receivers fall back to the organisational domain (RFC 7489 3.2)
             records, where = _dmarc_records(dns_lookup, parent), f"_dmarc.{parent}"
     except DnsFailure as exc:
         return _dns_failed("dmarc", f"TXT {name}", exc)
