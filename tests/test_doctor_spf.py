@@ -102,7 +102,8 @@ def test_include_loops_end_and_are_reported(lookup: TxtLookup, domain: str) -> N
 def test_includes_of_missing_names_are_void_lookups(lookup: TxtLookup) -> None:
     spf = check_spf(lookup, "void.test")
     assert spf.status is Status.FAIL
-    assert "include:gone1.test has no SPF record" in spf.summary
+    assert spf.summary.startswith("SPF at void.test makes 3 void DNS lookups")
+    assert "receivers allow 2" in spf.summary
     missing = check_spf(lookup, "noinclude.test")
     assert missing.status is Status.FAIL
     assert "include:_spf.bare.test has no SPF record" in missing.summary

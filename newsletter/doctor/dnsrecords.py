@@ -275,14 +275,6 @@ def check_spf(dns_lookup: TxtLookup, domain: str) -> Check:
             "remove includes you no longer use, or replace some by ip4:/ip6: ranges"
             + (f" ({detail})" if detail else ""),
         )
-    if walk.problems:
-        return Check(
-            "spf",
-            Status.FAIL,
-            f"SPF at {domain} is broken: {'; '.join(walk.problems[:3])} "
-            "(RFC 7208 permerror): receivers ignore the record",
-            "fix or remove those includes",
-        )
     if walk.void > MAX_SPF_VOID_LOOKUPS:
         return Check(
             "spf",
@@ -290,6 +282,14 @@ def check_spf(dns_lookup: TxtLookup, domain: str) -> Check:
             f"SPF at {domain} makes {walk.void} void DNS lookups (names with no record); "
             f"receivers allow {MAX_SPF_VOID_LOOKUPS} (RFC 7208 permerror)",
             "remove includes of names that no longer exist",
+        )
+    if walk.problems:
+        return Check(
+            "spf",
+            Status.FAIL,
+            f"SPF at {domain} is broken: {'; '.join(walk.problems[:3])} "
+            "(RFC 7208 permerror): receivers ignore the record",
+            "fix or remove those includes",
         )
     if all_term is None and not any(t.lower().startswith("redirect=") for t in terms):
         return Check(
