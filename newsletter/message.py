@@ -21,6 +21,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.header import Header
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, formataddr, make_msgid
@@ -101,6 +102,18 @@ def header_safe(value: str, max_length: int = 200) -> str:
     return clean_text(value, max_length=max_length)
 
 
+def _to_value(name: str | None, email: str) -> str:
+    """The To value. A name that is non-ASCII or holds '=?' is encoded here, as folded
+    encoded-words: a subscriber's own '=?utf-8?q?=0D=0A...?=' then reads as that literal
+    text, never decoded into CR/LF or a second address (issue 11, 11)."""
+    clean = header_safe(name) if name else ""
+    if not clean:
+        return email
+    if clean.isascii() and "=?" not in clean:
+        return formataddr((clean, email))
+    return Header(clean, "utf-8").encode(linesep="\r\n") + f" <{email}>"
+
+
 class MessageTemplate:
     """An issue's message, encoded once; `personalise` makes one recipient's bytes."""
 
@@ -114,7 +127,10 @@ class MessageTemplate:
         self.boundary = f"=_nl_{secrets.token_hex(12)}_="  # '=' never occurs in QP output
         static = EmailMessage(policy=SMTP)
         static["From"] = settings.from_address
-        static["Subject"] = header_safe(subject, 250)
+        subject = header_safe(subject, 250)
+        literal = "=?" in subject  # the policy would decode a feed's own encoded-word (CR LF)
+        if not literal:
+            static["Subject"] = subject
         static["MIME-Version"] = "1.0"
         static["List-Id"] = settings.list_id
         static["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
@@ -125,6 +141,9 @@ class MessageTemplate:
         static["Content-Type"] = f'multipart/alternative; boundary="{self.boundary}"'
         # Header block only: policy SMTP folds long lines and RFC 2047-encodes non-ASCII.
         self._static_headers = static.as_bytes(policy=SMTP).split(b"\r\n\r\n", 1)[0] + CRLF
+        if literal:  # encoded here: readers see the feed's text, never a header it spells
+            line = Header(subject, "utf-8").encode(linesep="\r\n").encode("ascii")
+            self._static_headers = b"Subject: " + line + CRLF + self._static_headers
         b = self.boundary.encode("ascii")
         opening = b"\r\n--" + b + b"\r\n"
         segments: list[bytes | None] = [b"This is a multi-part message in MIME format.\r\n"]
@@ -158,7 +177,7 @@ class MessageTemplate:
     ) -> bytes:
         """One recipient's complete message, CRLF line ends, ready for SMTP DATA."""
         url = unsubscribe_url(self.settings, token).encode("ascii")
-        to = formataddr((header_safe(name), email), charset="utf-8") if name else email
+        to = _to_value(name, email)
         values = (
             to.encode("ascii"),
             date.encode("ascii"),
