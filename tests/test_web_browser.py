@@ -56,8 +56,12 @@ def served(tmp_path: Path, smtp_server: SMTPServer) -> Iterator[Served]:
             tmp_path, NEWSLETTER_BASE_URL=server.url, NEWSLETTER_SMTP_URL=smtp_server.url
         )
         engine = database(settings)
-        server.start(create_app(settings, engine=engine))
-        yield Served(server.url, settings, engine)
+        app = create_app(settings, engine=engine)
+        server.start(app)
+        try:
+            yield Served(server.url, settings, engine)
+        finally:
+            app.state.confirmations.stop()
 
 
 def test_a_reader_unsubscribes_from_the_link_in_a_received_email(
@@ -137,6 +141,10 @@ def test_a_reader_signs_up_and_confirms_without_javascript(
         page.get_by_role("button", name="Confirm my subscription").click()
         expect(page.get_by_role("heading", level=1)).to_have_text("You are subscribed")
         shoot(page, "confirmed")
+        page.goto(match.group(1))  # the same link again, from the email
+        expect(page.get_by_role("heading", level=1)).to_have_text("Already confirmed")
+        expect(page.get_by_role("button")).to_have_count(0)
+        shoot(page, "already-confirmed")
 
         page.goto(f"{base}/confirm/not-a-real-token")
         expect(page.get_by_role("heading", level=1)).to_have_text("This link does not work")
@@ -148,3 +156,22 @@ def test_a_reader_signs_up_and_confirms_without_javascript(
             sa.text("SELECT status FROM subscriber WHERE email = 'parent@example.org'")
         ).scalar_one()
     assert status == "active"
+
+
+def test_a_visitor_reads_a_past_issue_as_a_page_of_the_site(
+    page: Page, served: Served, smtp_server: SMTPServer
+) -> None:
+    from playwright.sync_api import expect
+
+    add_subscribers(served.engine, ["parent@example.org"])
+    assert run_send(served.engine, served.settings, SendOptions()).error is None
+    smtp_server.wait_for(1)
+    page.set_viewport_size(PHONE)
+    page.goto(f"{served.base}/issues")
+    page.get_by_role("link", name=re.compile("Supporting Youth")).click()
+    expect(page.get_by_role("heading", level=1)).to_contain_text("Supporting Youth")
+    expect(page.get_by_role("link", name="Sign up")).to_be_visible()  # the site's footer
+    expect(page.get_by_text("View in your browser")).to_have_count(0)
+    expect(page.get_by_text("You are receiving this")).to_have_count(0)
+    assert page.get_by_role("heading", level=2).count() >= 2  # one per story
+    shoot(page, "issue")
