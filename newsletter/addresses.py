@@ -17,12 +17,22 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from email.errors import HeaderParseError
+from email.header import decode_header
 from functools import lru_cache
 from typing import NamedTuple
 
 from email_validator import EmailNotValidError, validate_email
 from email_validator.rfc_constants import EMAIL_MAX_LENGTH, LOCAL_PART_MAX_LENGTH
-from email_validator.syntax import DOT_ATOM_TEXT, validate_email_domain_name
+
+try:  # not public API (hence email-validator<3 in pyproject.toml); say what moved if it did
+    from email_validator.syntax import DOT_ATOM_TEXT, validate_email_domain_name
+except ImportError as exc:  # pragma: no cover - only with an email-validator that moved them
+    raise ImportError(
+        "newsletter.addresses needs email_validator.syntax.DOT_ATOM_TEXT and "
+        f"validate_email_domain_name, which this email-validator no longer has ({exc}); "
+        "adapt the fast path in newsletter/addresses.py"
+    ) from exc
 
 from newsletter.errors import SubscriberError
 
@@ -103,14 +113,51 @@ def email_hash(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
+#: Unicode line breaks (CR, LF, VT, FF, NEL, U+2028, U+2029) and every other control
+#: character (C0, DEL, C1): each would split or corrupt a header, or a report line.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 _SPACES = re.compile(r"\s+")
+_ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=")
+_BETWEEN_WORDS = re.compile(r"(?<=\?=)\s+(?==\?)")  # RFC 2047: ignored between two words
+_RAW_LIMIT = 4 * NAME_MAX_LENGTH  # enough for a name of 200 characters in encoded-words
+
+
+def _decode_word(match: re.Match[str]) -> str:
+    """One encoded-word as text; U+FFFD where its charset or encoding is unusable."""
+    try:
+        parts = decode_header(match.group(0))
+        return "".join(
+            part.decode(charset or "ascii", errors="replace") if isinstance(part, bytes) else part
+            for part, charset in parts
+        )
+    except (HeaderParseError, LookupError, ValueError):
+        return "\ufffd"
+
+
+def _decode_words(text: str) -> str:
+    """Decode RFC 2047 encoded-words until none is left (one may decode to another).
+
+    A name stored as `=?utf-8?b?DQo=?=` looks harmless, but a mail parser decodes
+    it to CR LF inside `To:` and fails, so names are stored decoded (and then
+    cleaned). Each pass shortens the text, so this ends; the cap is a backstop.
+    """
+    for _ in range(len(text)):
+        if not _ENCODED_WORD.search(text):
+            break
+        text = _ENCODED_WORD.sub(_decode_word, _BETWEEN_WORDS.sub("", text))
+    return text
 
 
 def clean_name(raw: str | None) -> str | None:
-    """A display name safe for headers and reports: NFC, one line, capped; None if blank."""
+    """A display name safe for headers and reports, from any input path (import, CLI, signup).
+
+    RFC 2047 encoded-words are decoded first; then line breaks and control
+    characters become spaces, runs of spaces collapse, the text is NFC and capped
+    at NAME_MAX_LENGTH; None if nothing is left.
+    """
     if not raw:
         return None
-    text = unicodedata.normalize("NFC", raw)
+    text = _decode_words(raw[:_RAW_LIMIT])
+    text = unicodedata.normalize("NFC", text)
     text = _SPACES.sub(" ", _CONTROL.sub(" ", text)).strip()
-    return text[:NAME_MAX_LENGTH] or None
+    return text[:NAME_MAX_LENGTH].rstrip() or None

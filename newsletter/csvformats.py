@@ -219,16 +219,33 @@ def read_contact(cells: list[str], cols: Columns, header: list[str]) -> Contact:
 
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+#: Characters a spreadsheet may skip before the formula sign: zero-width and other
+#: format characters (U+200B-U+200F, U+2060, U+FEFF, U+00AD...) and spaces.
+_INVISIBLE_LEAD = re.compile(r"^[\s\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff]+")
+
+
+def _is_formula(value: str) -> bool:
+    """Whether a spreadsheet could read this cell as a formula.
+
+    The check runs on the NFKC form (fullwidth `＝`, small `﹦` and the like
+    become `=`) with leading invisible characters removed, so neither hides one.
+    """
+    if value.startswith(_FORMULA_START):
+        return True
+    if value.isascii():
+        return value.lstrip(" ").startswith(_FORMULA_START)
+    shown = _INVISIBLE_LEAD.sub("", unicodedata.normalize("NFKC", value[:16]))
+    return shown.startswith(_FORMULA_START)
 
 
 def neutralise_cell(value: str) -> str:
-    """Defuse spreadsheet formulas: a cell starting with = + - @ TAB CR gets a leading '."""
-    return "'" + value if value.startswith(_FORMULA_START) else value
+    """Defuse spreadsheet formulas: a cell that could start one gets a leading '."""
+    return "'" + value if _is_formula(value) else value
 
 
 def restore_cell(value: str) -> str:
     """Undo `neutralise_cell`, so that our own export re-imports exactly."""
-    if value.startswith("'") and value[1:2] and value[1] in "=+-@\t\r":
+    if value.startswith("'") and _is_formula(value[1:]):
         return value[1:]
     return value
 

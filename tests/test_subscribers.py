@@ -157,9 +157,46 @@ def test_export_columns_and_formula_neutralised(engine: Engine) -> None:
     assert rows[1][3].endswith("+00:00")
 
 
+HIDDEN_FORMULAS = [
+    '\u200b=HYPERLINK("http://evil.example","x")',  # behind a zero-width space
+    "\uff1dcmd|' /C calc'!A0",  # fullwidth equals sign
+    "\ufeff@SUM(A1)",  # behind a BOM
+    "\u200d\u2060+1+1",  # joiner and word joiner
+    "\ufe62\u0032",  # small plus sign
+    "\u00a0-2+3",  # behind a no-break space
+    " =1+2",  # behind a plain space
+]
+
+
+@pytest.mark.parametrize("name", HIDDEN_FORMULAS)
+def test_export_neutralises_formulas_hidden_behind_invisible_or_fullwidth(
+    engine: Engine, name: str
+) -> None:
+    """Issue 11.12: the formula check runs on the NFKC form, zero-width characters removed."""
+    add_subscriber(engine, "ana@example.org", name)
+    stored = get(engine, "ana@example.org")
+    assert stored is not None and stored.name is not None
+    out = io.StringIO()
+    export_csv(engine, out)
+    row = list(csv.reader(io.StringIO(out.getvalue())))[1]
+    assert row[1] == "'" + stored.name
+
+
+def test_subscribers_add_decodes_and_cleans_encoded_word_names(engine: Engine) -> None:
+    """Issue 11.11: `subscribers add` stores the decoded, one-line name."""
+    add_subscriber(engine, "ana@example.org", "=?utf-8?q?Ana=0D=0ABcc:_eve@example.org?=")
+    sub = get(engine, "ana@example.org")
+    assert sub is not None and sub.name == "Ana Bcc: eve@example.org"
+    add_subscriber(engine, "ben@example.org", "=?utf-8?b?DQo=?=")
+    ben = get(engine, "ben@example.org")
+    assert ben is not None and ben.name is None
+
+
 @pytest.mark.parametrize("db_backend", ["sqlite"], indirect=True)  # needs 2 databases
 def test_export_reimports_exactly(engine: Engine, tmp_path: Path) -> None:
     add_subscriber(engine, "+tag@example.org", "=cmd|' /C calc'!A0")
+    add_subscriber(engine, "zw@example.org", "\u200b=1+2")
+    add_subscriber(engine, "fw@example.org", "\uff1d1+2")
     add_subscriber(engine, "Ana@Example.org", "Ana Silva")
     add_subscriber(engine, "gone@example.org")
     remove_subscriber(engine, "gone@example.org")
@@ -168,7 +205,7 @@ def test_export_reimports_exactly(engine: Engine, tmp_path: Path) -> None:
         export_csv(engine, f)
     fresh = open_database("sqlite:///" + str(tmp_path / "fresh.db"))
     report = import_contacts(fresh, path)
-    assert (report.imported, report.kept_unsubscribed, report.rejected) == (2, 1, 0)
+    assert (report.imported, report.kept_unsubscribed, report.rejected) == (4, 1, 0)
 
     def snapshot(e: Engine) -> list[tuple[object, ...]]:
         return [(s.email, s.name, s.status) for s in list_subscribers(e)]
