@@ -9,7 +9,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from newsletter.bounces import bounce_counts_by_issue
+from newsletter.bounces import bounce_counts_by_issue, unmatched_report_count
 from newsletter.claims import LEASE
 from newsletter.models import (
     Delivery,
@@ -58,6 +58,7 @@ class StatusReport:
     issues: list[IssueLine]
     sending: str | None  # who holds the send lock, if anyone
     workers: list[WorkerLine] = field(default_factory=list)  # alive now
+    unmatched_bounces: int = 0  # bounce reports that proved no delivery of ours: nobody suppressed
 
 
 def status_report(engine: Engine, *, limit: int = 5) -> StatusReport:
@@ -85,7 +86,14 @@ def status_report(engine: Engine, *, limit: int = 5) -> StatusReport:
                 subject,
                 {s: counts.get(s, 0) for s in DeliveryStatus.ALL},
             )
-            for kind in (DeliveryStatus.DEFERRED, DeliveryStatus.FAILED, DeliveryStatus.UNKNOWN):
+            # pending too: a run stopped by the server (a refused login, a refused
+            # connection) puts the delivery it was on back to pending, with the reason
+            for kind in (
+                DeliveryStatus.PENDING,
+                DeliveryStatus.DEFERRED,
+                DeliveryStatus.FAILED,
+                DeliveryStatus.UNKNOWN,
+            ):
                 error = conn.execute(
                     sa.select(D.c.last_error)
                     .where(
@@ -103,7 +111,9 @@ def status_report(engine: Engine, *, limit: int = 5) -> StatusReport:
     for line in lines:
         line.bounces = by_issue.get(line.issue_id, {})
     sending = f"pid {lock.pid} on {lock.host}" if lock else None
-    return StatusReport(subscribers, lines, sending, workers)
+    report = StatusReport(subscribers, lines, sending, workers)
+    report.unmatched_bounces = unmatched_report_count(engine)
+    return report
 
 
 def _workers(conn: sa.Connection) -> list[WorkerLine]:

@@ -11,14 +11,20 @@ from pathlib import Path
 import click
 
 from newsletter.cli.app import App, main, pass_app
+from newsletter.models import DeliveryStatus
 from newsletter.send import SendOptions, SendResult, check_settings, run_send
+from newsletter.sendissue import IssueResult
 from newsletter.status import status_report
 from newsletter.transport import describe_destination
 
 
 @contextmanager
 def _progress_bar(total: int, label: str) -> Iterator[Callable[[int], None]]:
-    """A click progress bar with position, rate and ETA (hidden when stderr is no terminal)."""
+    """A click progress bar with position, rate and ETA, on a terminal only: on a pipe
+    (cron) click would still print the label, and a successful run must leave stderr empty."""
+    if not sys.stderr.isatty():
+        yield lambda steps: None
+        return
     started = time.monotonic()
     done = 0
 
@@ -40,6 +46,47 @@ def _progress_bar(total: int, label: str) -> Iterator[Callable[[int], None]]:
         yield advance
 
 
+def _took(seconds: float) -> str:
+    """How long an issue took this run: "in 3.2 s", "in 4 min 5 s", "in 2 h 13 min"."""
+    if seconds < 59.95:
+        return f"in {seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"in {minutes} min {secs} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"in {hours} h {minutes} min"
+
+
+def _headline(done: IssueResult) -> str:
+    """One sentence per issue: what this run did with it, and how long it took."""
+    r = done.report
+    took = _took(done.elapsed)
+    if r.stopped is not None:  # the error line on stderr says why
+        line = f"Issue {done.issue_id} stopped: {r.sent:,} sent {took}"
+        if done.left:
+            many = "delivery stays" if done.left == 1 else "deliveries stay"
+            line += f"; {done.left:,} {many} pending, and the next `newsletter send` resumes them"
+        return line + "."
+    if done.resumed:
+        label = f"Resumed issue {done.issue_id} (stopped earlier)"
+    else:
+        label = f"Sent issue {done.issue_id}"
+    others = [
+        (r.deferred, "deferred"),
+        (r.failed, "failed"),
+        (r.bounced, "bounced"),
+        (r.unknown, "unknown"),
+        (r.skipped, "skipped (they left before their turn)"),
+    ]
+    if r.sent and not any(n for n, _ in others):
+        readers = "subscriber" if r.sent == 1 else "subscribers"
+        if done.resumed:
+            return f"{label}: sent to {r.sent:,} more {readers} {took}."
+        return f"{label} to {r.sent:,} {readers} {took}."
+    counts = ", ".join(f"{n:,} {what}" for n, what in [(r.sent, "sent"), *others] if n)
+    return f"{label} {took}: {counts or 'no delivery was due'}."
+
+
 def _print_result(app: App, result: SendResult, options: SendOptions) -> None:
     if options.dry_run or options.preview or options.to:
         if result.stories:
@@ -55,19 +102,22 @@ def _print_result(app: App, result: SendResult, options: SendOptions) -> None:
     for note in result.notes:
         click.echo(note)
     for done in result.issues:
-        r = done.report
-        verb = "Resumed" if done.resumed else "Sent"
-        click.echo(f"{verb} issue {done.issue_id}: {done.subject}")
-        click.echo(
-            f"  {r.sent} sent, {r.deferred} deferred, {r.failed} failed, {r.bounced} bounced, "
-            f"{r.unknown} unknown, {r.skipped} skipped"
-        )
-        if r.sent:
+        click.echo(_headline(done))
+        click.echo(f"  Subject: {done.subject}")
+        if done.report.sent:
             click.echo(f"  Delivered to the {describe_destination(app.settings)}.")
         if done.others_sending and result.error is None:
             click.echo("  Other workers are still sending this issue; it finishes with them.")
         elif not done.finished and result.error is None:
             click.echo("  Some deliveries are deferred; run `newsletter send` later to retry them.")
+    if result.nothing_new is not None:
+        # after what was resumed: one story, in the order it happened
+        if not result.issues:
+            click.echo(f"Nothing new to send: {result.nothing_new}.")
+        elif result.nothing_new == "no new stories":
+            click.echo("No new stories since, so no new issue.")
+        else:
+            click.echo(f"No new issue: {result.nothing_new}.")
 
 
 @main.command()
@@ -155,4 +205,7 @@ def status(app: App, limit: int) -> None:
         if reports:
             click.echo(f"       bounce reports: {reports}")
         for kind, error in line.last_errors.items():
-            click.echo(f"       last {kind}: {error}")
+            if kind == DeliveryStatus.PENDING:  # why the last run stopped
+                click.echo(f"       last error (deliveries still pending): {error}")
+            else:
+                click.echo(f"       last {kind}: {error}")
