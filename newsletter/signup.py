@@ -343,7 +343,7 @@ def send_owed_confirmations(
     assert settings.from_address is not None
     now = now or utcnow()
     result = DrainResult()
-    stmt = sa.select(Subscriber.id).where(*_due(now)).order_by(col(Subscriber.confirm_send_at))
+    stmt = sa.select(col(Subscriber.id)).where(*_due(now)).order_by(col(Subscriber.confirm_send_at))
     if only_id is not None:
         stmt = stmt.where(col(Subscriber.id) == only_id)
     with read_session(engine) as session:

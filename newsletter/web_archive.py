@@ -88,8 +88,8 @@ def archived_issue(engine: Engine, issue_id: int) -> ArchivedIssue | None:
     """One published issue and its stories, newest first; None if unknown or unpublished."""
     with read_session(engine) as session:
         row = session.execute(
-            sa.select(Issue.id, Issue.subject, Issue.created_at).where(
-                Issue.id == issue_id, _published()
+            sa.select(col(Issue.id), col(Issue.subject), col(Issue.created_at)).where(
+                col(Issue.id) == issue_id, _published()
             )
         ).first()
         if row is None:
