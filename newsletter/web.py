@@ -44,6 +44,7 @@ from newsletter.addresses import AddressError
 from newsletter.config import Settings
 from newsletter.confirmation import CONFIRM_BUTTON
 from newsletter.db import open_database
+from newsletter.dkim import load_key
 from newsletter.errors import NewsletterError, SubscriberError, TokenError, TransportError
 from newsletter.models import SubscriberStatus
 from newsletter.signup import (
@@ -175,6 +176,7 @@ def create_app(
     window = signup_window if signup_window is not None else window
     limiter = RateLimiter(limit, window) if limit else None
     stylesheet = render_template(settings, "web/site.css", {})
+    load_key(settings)  # a bad DKIM key stops `serve` here, not every confirmation later
     expire_pending(engine)
     confirmations = ConfirmationWorker(engine, settings, factory)
 
