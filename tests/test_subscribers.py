@@ -26,7 +26,7 @@ from newsletter.subscribers import (
     remove_subscriber,
     unsubscribe_by_token,
 )
-from tests.helpers import database_url
+from tests.helpers import database_url, settings_for
 
 pytestmark = pytest.mark.usefixtures("db_backend")
 
@@ -238,3 +238,15 @@ def test_forget_erases_row_and_deliveries_and_suppresses(engine: Engine, tmp_pat
     assert not forget_subscriber(engine, "ana@example.org").deleted
     with read_session(engine) as session:
         assert len(session.exec(select(Suppression)).all()) == 1
+
+
+def test_signup_stores_the_decoded_cleaned_name(engine: Engine, tmp_path: Path) -> None:
+    """Issue 11.11: web signups go through the same clean_name as import and add."""
+    from newsletter.signup import request_signup
+
+    settings = settings_for(tmp_path)
+    raw = "=?utf-8?q?Ana=0D=0ABcc:_eve@example.org?="
+    request_signup(engine, settings, "ana@example.org", raw, send_now=False)
+    sub = get(engine, "ana@example.org")
+    assert sub is not None and sub.status == "pending"
+    assert sub.name == "Ana Bcc: eve@example.org"
