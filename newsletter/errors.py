@@ -13,6 +13,7 @@ and a non-zero exit code in exactly one place; nothing else catches them.
      +-- ImportFileError        a contacts file that cannot be imported
      +-- TransportError         the mail server cannot be used at all
      |    +-- SenderRejected    5.7.x: the sender's setup is wrong, stop
+     |    +-- LoginRefused      the SMTP login failed: wrong user or password
      +-- SendInProgress         another `newsletter send` holds the lock
      +-- TokenError             an unknown, altered or expired token
 """
@@ -86,6 +87,12 @@ class SenderRejected(TransportError):
         "The server refused the sender (5.7.x): check NEWSLETTER_FROM, SMTP credentials, "
         "SPF/DKIM. Nobody was suppressed; deliveries stay pending."
     )
+
+
+class LoginRefused(TransportError):
+    """The SMTP server refused our user name or password: waiting will not help."""
+
+    hint = "Check the user name and password in NEWSLETTER_SMTP_URL."
 
 
 class SendInProgress(NewsletterError):

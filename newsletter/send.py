@@ -26,7 +26,7 @@ from newsletter.claims import shared_sends
 from newsletter.config import Settings
 from newsletter.delivery import Limiter, recover
 from newsletter.dkim import load_key
-from newsletter.errors import NewsletterError
+from newsletter.errors import FeedError, LoginRefused, NewsletterError, TransportError
 from newsletter.feed import Feed, FeedStory, FetchResult, fetch_feed, parse_feed
 from newsletter.heartbeat import WorkerRegistry
 from newsletter.message import MessageTemplate, message_date
@@ -70,14 +70,23 @@ class SendResult:
     recipients: int = 0
     destination: str = ""
     error: NewsletterError | None = None
+    #: why no new issue was made ("no new stories"), told after any resumed issue
+    nothing_new: str | None = None
+    #: --preview/--to with no new story: `stories` are the feed's latest instead
+    latest: bool = False
 
 
-def read_feed(engine: Engine | None, settings: Settings) -> tuple[Feed | None, FetchResult]:
-    """Fetch (conditionally, when the validators are known) and parse the feed."""
+def read_feed(
+    engine: Engine | None, settings: Settings, *, conditional: bool = True
+) -> tuple[Feed | None, FetchResult]:
+    """Fetch and parse the feed; conditionally (ETag, Last-Modified) only when asked and
+    the validators are known. A run that records nothing asks unconditionally: a 304
+    would leave it no stories to show, as it records none for the next run either."""
     settings.require("feed_url")
     assert settings.feed_url is not None
     etag = modified = None
-    if engine is not None and settings.feed_url.startswith(("http://", "https://")):
+    http = settings.feed_url.startswith(("http://", "https://"))
+    if conditional and engine is not None and http:
         etag, modified = issue_store.feed_validators(engine, settings.feed_url)
     fetched = fetch_feed(settings.feed_url, etag=etag, last_modified=modified)
     if fetched.data is None:
@@ -92,7 +101,11 @@ def send_test_copy(
     to: str,
     factory: TransportFactory,
 ) -> str:
-    """--to: one copy to one address, recorded nowhere; returns the server's reply."""
+    """--to: one copy to one address, recorded nowhere; returns the server's reply.
+
+    Any failure (the login, the connection, a refusal) is an error naming the test copy:
+    staff must never mistake a copy that did not go for one that did.
+    """
     rendered = issue_store.render_preview(stories, settings, feed)
     template = MessageTemplate(
         settings, subject=rendered.subject, html=rendered.html, text=rendered.text, issue_id=None
@@ -101,8 +114,17 @@ def send_test_copy(
     data = template.personalise(
         to, None, "test-copy", message_id=template.new_message_id(), date=message_date()
     )
-    with factory() as transport:
-        reply = transport.send(envelope_sender(settings, None), to, data)
+    try:
+        with factory() as transport:
+            reply = transport.send(envelope_sender(settings, None), to, data)
+    except LoginRefused as exc:
+        raise LoginRefused(f"the test copy to {to} was not sent: {exc.message}") from None
+    except TransportError as exc:
+        raise NewsletterError(
+            f"the test copy to {to} was not sent: {exc.message}",
+            hint="Check NEWSLETTER_SMTP_URL and that the server is reachable; "
+            "nothing was recorded.",
+        ) from None
     if not reply.ok:
         raise NewsletterError(f"the test copy to {to} was refused: {reply}")
     return str(reply)
@@ -131,23 +153,27 @@ def run_send(
     use_processes = factory is None and settings.smtp is not None
     factory = factory or transport_factory(settings)
     result = SendResult()
-    feed, fetched = read_feed(engine, settings)
+    trial = bool(options.to or options.preview or options.dry_run)  # records nothing
+    feed, fetched = read_feed(engine, settings, conditional=not trial)
     if feed is None:
         result.notes.append("The feed has not changed since the last fetch (HTTP 304).")
         feed = Feed(title="", link=None, stories=[])
     plan = issue_store.plan_issue(engine, feed, max_stories=options.max_stories)
     result.recipients = plan.recipients
 
-    if options.to or options.preview or options.dry_run:
+    if trial:
         stories: Sequence[FeedStory | Story] = plan.new
         if not stories and (options.to or options.preview):
             stories = feed.stories[: options.max_stories]
-            result.notes.append("No new stories: using the latest stories of the feed instead.")
+            if not stories:
+                what = "preview" if options.preview else "test copy"
+                raise FeedError(f"the feed has no stories: there is nothing to {what}.")
+            result.latest = True
         result.stories = stories
         if options.preview and stories:
             html = issue_store.render_preview(stories, settings, feed).html
             html = html.replace(UNSUBSCRIBE_URL, settings.url("unsubscribe/preview"))
-            options.preview.write_text(html, encoding="utf-8")
+            _write_preview(options.preview, html)
             result.notes.append(f"Preview written to {options.preview}.")
         if options.to and stories:
             reply = send_test_copy(settings, stories, feed, options.to, factory)
@@ -188,6 +214,16 @@ def run_send(
 
         _send_issues(engine, settings, options, feed, fetched, result, run, shared)
     return result
+
+
+def _write_preview(path: Path, html: str) -> None:
+    """Write the preview, or say in one line why it could not be written."""
+    try:
+        path.write_text(html, encoding="utf-8")
+    except OSError as exc:
+        raise NewsletterError(
+            f"cannot write the preview to {path}: {exc.strerror or exc}"
+        ) from None
 
 
 @contextmanager
@@ -243,7 +279,7 @@ def _send_issues(
         )
     result.recipients = created.recipients
     if created.issue is None:
-        result.notes.append(f"Nothing new to send: {created.reason}.")
+        result.nothing_new = created.reason
         if shared:  # another worker may have just made one: help with it
             _help_unfinished(engine, result, run)
         return

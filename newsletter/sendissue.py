@@ -37,6 +37,8 @@ class IssueResult:
     resumed: bool
     finished: bool
     others_sending: bool = False  # shared send: other workers still hold some of it
+    elapsed: float = 0.0  # seconds this run spent on the issue, for the summary
+    left: int = 0  # deliveries still to attempt (pending or deferred) when the run ended
 
 
 def _no_progress(total: int, label: str) -> AbstractContextManager[Callable[[int], None]]:
@@ -71,6 +73,7 @@ def deliver(
     and leaves the rest to the other workers.
     """
     assert issue.id is not None and settings.from_address is not None
+    started = time.monotonic()
     policy = policy or policy_from(settings)
     template = MessageTemplate(
         settings, subject=issue.subject, html=issue.html, text=issue.text, issue_id=issue.id
@@ -122,7 +125,18 @@ def deliver(
             break
     finished = _finish_if_done(engine, issue.id)
     others = not finished and shared and _others_sending(engine, issue.id)
-    return IssueResult(issue.id, issue.subject, report, resumed, finished, others)
+    left = 0 if finished else _open_count(engine, issue.id)
+    elapsed = time.monotonic() - started
+    return IssueResult(issue.id, issue.subject, report, resumed, finished, others, elapsed, left)
+
+
+def _open_count(engine: Engine, issue_id: int) -> int:
+    """Deliveries of the issue a later run still attempts (pending or deferred)."""
+    query = sa.select(sa.func.count()).where(
+        D.c.issue_id == issue_id, D.c.status.in_(tuple(DeliveryStatus.OPEN))
+    )
+    with engine.connect() as conn:
+        return conn.execute(query).scalar_one()
 
 
 def _others_sending(engine: Engine, issue_id: int) -> bool:

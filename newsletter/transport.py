@@ -34,7 +34,7 @@ from pathlib import Path
 from smtplib import quoteaddr
 
 from newsletter.config import Settings, SmtpConfig
-from newsletter.errors import TransportError
+from newsletter.errors import LoginRefused, TransportError
 
 #: RFC 5321 suggests up to 10 minutes for the reply to the end of DATA; a relay that
 #: takes that long holds every message that long, so the default is shorter (a setting).
@@ -160,7 +160,7 @@ class SMTPTransport(BaseTransport):
             raise TransportError(f"TLS with SMTP server {where} failed: {_describe(exc)}") from None
         except smtplib.SMTPAuthenticationError as exc:
             self._abandon(smtp)
-            raise TransportError(
+            raise LoginRefused(
                 f"SMTP server {where} refused the login for {cfg.username!r}: "
                 f"{exc.smtp_code} {_reply_text(exc.smtp_error)}"
             ) from None

@@ -90,7 +90,14 @@ def _headline(done: IssueResult) -> str:
 def _print_result(app: App, result: SendResult, options: SendOptions) -> None:
     if options.dry_run or options.preview or options.to:
         if result.stories:
-            click.echo(f"{len(result.stories)} stories would go in the next issue:")
+            if result.latest:
+                what = "preview" if options.preview else "test copy"
+                click.echo(
+                    f"No new stories since the last issue: the {what} shows the feed's "
+                    f"latest {len(result.stories)}:"
+                )
+            else:
+                click.echo(f"{len(result.stories)} stories would go in the next issue:")
             for story in result.stories:
                 date = story.published_at.strftime("%Y-%m-%d") if story.published_at else "----"
                 click.echo(f"  {date}  {story.title}")
