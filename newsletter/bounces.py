@@ -323,8 +323,9 @@ _WHY = {
 
 
 def _unmatched_note(finding: Finding, how: str, source: str) -> str:
+    what = " ".join(filter(None, [finding.kind, finding.status_code]))
     who = finding.recipient or "no recipient named"
-    return f"{source}: {finding.kind} {finding.status_code or ''} {who} ({_WHY[how]})"[:300]
+    return f"{source}: {what} {who} ({_WHY[how]})"[:300]
 
 
 def _event(
