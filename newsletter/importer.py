@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlmodel import col
 
 from newsletter.addresses import AddressError, clean_name, email_hash, normalise_address
 from newsletter.csvformats import (
@@ -99,8 +100,8 @@ _EXISTING = sa.select(
     _T.c.unsubscribe_method,
     _T.c.consent_ip,
 ).where(_T.c.email_key.in_(sa.bindparam("keys", expanding=True)))
-_FORGOTTEN = sa.select(Suppression.email_hash).where(
-    Suppression.email_hash.in_(sa.bindparam("hashes", expanding=True))  # type: ignore[attr-defined]
+_FORGOTTEN = sa.select(col(Suppression.email_hash)).where(
+    col(Suppression.email_hash).in_(sa.bindparam("hashes", expanding=True))
 )
 # The status guard matters on PostgreSQL (READ COMMITTED): an unsubscribe committed
 # between this batch's read and its update is seen by the UPDATE, which then skips the row.
@@ -400,7 +401,7 @@ class _Writer:
             return None
         return self.now_db if value is self.now else self.to_db(value)
 
-    def _merge(self, row: sa.Row[Any], c: _Staged) -> dict[str, Any] | None:
+    def _merge(self, row: Any, c: _Staged) -> dict[str, Any] | None:
         """The update for a pre-existing subscriber, or None if nothing changes."""
         if row.status in _SUPPRESSED:  # never resubscribed, never edited by an import
             self.report.kept_unsubscribed += 1
@@ -536,7 +537,7 @@ def import_contacts(
             rejects_path=rejects,
         )
         with engine.connect() as conn:
-            forgotten = set(conn.execute(sa.select(Suppression.email_hash)).scalars())
+            forgotten = set(conn.execute(sa.select(col(Suppression.email_hash))).scalars())
         total = estimate_rows(path) if progress is not None else 0
         with _rejects_writer(rejects, contacts.header) as write_reject:
             _check(contacts, staging, report, forgotten, write_reject, progress, total)
