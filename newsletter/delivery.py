@@ -11,6 +11,11 @@ message. The commits of all worker threads are serialised by an in-process
 lock, so SQLite's busy handler (which sleeps) is never hit by our own threads.
 Deliveries left `sending` by a crashed run become `unknown` (see `recover`),
 never `pending`: the server may have them.
+
+Two guards stop a run that is going wrong: the circuit breaker of
+newsletter.outcomes (the permanent refusals of the start of a run are held
+back, unsuppressed, until it has decided), and SILENT_LIMIT messages in a row
+that the server took but never answered.
 """
 
 from __future__ import annotations
@@ -29,16 +34,28 @@ from sqlalchemy.engine import Engine
 
 from newsletter.bookkeeping import REQUEUE, Bookkeeper, Finished, Recipient
 from newsletter.claims import reap, shared_sends
-from newsletter.errors import NewsletterError, SenderRejected, TransportError
+from newsletter.errors import NewsletterError, TransportError
 from newsletter.message import MessageTemplate, message_date
 from newsletter.models import Delivery, DeliveryStatus, Subscriber, utcnow
-from newsletter.outcomes import Outcome, classify
+from newsletter.outcomes import Breaker, Outcome, classify, sender_error
 from newsletter.transport import Reply, TransportFactory
 from newsletter.workers import Worker
 
 D = Delivery.__table__
 S = Subscriber.__table__
 PAGE = 1000
+#: Messages in a row taken by the server and never answered before the run stops.
+SILENT_LIMIT = 2
+
+
+class ServerSilent(TransportError):
+    """The SMTP server takes messages and never answers: stop before it holds them all."""
+
+    hint = (
+        "Those messages are marked unknown (they may have been delivered; "
+        "`newsletter send --retry-unknown` sends them again); the rest stay pending. "
+        "Check the SMTP server, then run `newsletter send` again."
+    )
 
 
 @dataclass
@@ -54,6 +71,7 @@ class Report:
     requeued: int = 0
     recovered: int = 0  # dead workers' in-flight deliveries this run marked unknown
     stopped: NewsletterError | None = None
+    breaker: Breaker = field(default_factory=Breaker, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def count(self, name: str) -> None:
@@ -189,6 +207,8 @@ class Sender:
         self.book = Bookkeeper(issue_created, policy, worker_id=worker_id)
         self.limiter = limiter or RateLimiter(policy.rate)
         self.stop = threading.Event()
+        self.held: list[Finished] = []  # permanent refusals while the breaker is undecided
+        self.silent = 0  # messages in a row the server never answered
 
     def run(self, recipients: Iterator[Recipient]) -> None:
         workers = [
@@ -248,12 +268,13 @@ class Sender:
                     if recipient is None:  # not waiting on it: a dead worker's EOF
                         selector.unregister(worker.conn)
                         continue
-                    finished.append(self._answer(worker, recipient))
+                    finished += self._answer(worker, recipient)
         except BaseException:
             self.stop.set()  # Ctrl-C: what is in flight stays `sending` -> unknown
             raise
         finally:
             try:
+                finished += self._release_held()  # the run ends before the breaker decided
                 if finished:
                     self.book.commit(conn, finished, [])
             finally:
@@ -262,24 +283,36 @@ class Sender:
                 for worker in workers:
                     worker.stop()
 
-    def _answer(self, worker: Worker, recipient: Recipient) -> Finished:
+    def _answer(self, worker: Worker, recipient: Recipient) -> list[Finished]:
+        """What to record for one worker's answer (nothing yet for a held refusal)."""
         try:
             answer = worker.conn.recv()
         except (EOFError, OSError):
             answer = ("crash", "the worker process died")
         kind = answer[0]
         if kind == "reply":
-            done = self._settle(recipient, Reply(answer[1], answer[2]))
-        elif kind == "lost":
+            self.silent = 0
+            done = self._settle(recipient, Reply(*answer[1:]))
+        elif kind in ("lost", "silent"):
             self.report.count("unknown")
-            done = Finished(recipient, DeliveryStatus.UNKNOWN, answer[1])
+            self.report.breaker.record(permanent=False)
+            done = [Finished(recipient, DeliveryStatus.UNKNOWN, answer[1])]
+            self.silent = self.silent + 1 if kind == "silent" else 0
+            if self.silent >= SILENT_LIMIT:
+                self._halt(
+                    ServerSilent(
+                        f"the SMTP server took {self.silent} messages in a row and never "
+                        f"answered ({answer[1]})"
+                    ),
+                    requeued=False,
+                )
         elif kind == "down":
-            self._halt(TransportError(answer[1]))
-            return Finished(recipient, REQUEUE, answer[1])
+            self._halt(answer[2] if len(answer) > 2 else TransportError(answer[1]))
+            return [Finished(recipient, REQUEUE, answer[1])]
         else:
             self._halt(NewsletterError(f"sending stopped: {answer[1]}"))
             # The message may or may not have gone: leave it `sending` (-> unknown).
-            return Finished(recipient, DeliveryStatus.UNKNOWN, f"sender crashed: {answer[1]}")
+            return [Finished(recipient, DeliveryStatus.UNKNOWN, f"sender crashed: {answer[1]}")]
         self._tick()
         return done
 
@@ -287,30 +320,57 @@ class Sender:
         if self.progress is not None:
             self.progress(1)
 
-    def _halt(self, exc: NewsletterError) -> None:
+    def _halt(self, exc: NewsletterError, *, requeued: bool = True) -> None:
         if self.report.stopped is None:
             self.report.stopped = exc
         self.stop.set()
-        self.report.count("requeued")
+        if requeued:
+            self.report.count("requeued")
 
-    def _settle(self, recipient: Recipient, reply: Reply) -> Finished:
+    def _settle(self, recipient: Recipient, reply: Reply) -> list[Finished]:
         text = str(reply)
         outcome = classify(reply)
+        if outcome is Outcome.SENDER:
+            self._halt(sender_error(reply))
+            return [Finished(recipient, REQUEUE, text)]
+        if outcome.permanent:
+            return self._refused(recipient, reply, outcome)
+        self.report.breaker.record(permanent=False)
         if outcome is Outcome.SENT:
             self.report.count("sent")
-            return Finished(recipient, DeliveryStatus.SENT)
-        if outcome is Outcome.DEFER or outcome is Outcome.RECONNECT:
-            self.report.count("deferred")
-            delays = self.policy.retry_delays or (60.0,)
-            base = delays[min(recipient.attempts, len(delays) - 1)]
-            return Finished(
-                recipient, DeliveryStatus.DEFERRED, text, retry_in=base * random.uniform(0.8, 1.2)
-            )
-        if outcome is Outcome.BOUNCE:
-            self.report.count("bounced")
-            return Finished(recipient, "bounce", text)
-        if outcome is Outcome.SENDER:
-            self._halt(SenderRejected(f"the SMTP server refused the sender: {text}"))
-            return Finished(recipient, REQUEUE, text)
-        self.report.count("failed")
-        return Finished(recipient, DeliveryStatus.FAILED, text)
+            return [Finished(recipient, DeliveryStatus.SENT)]
+        self.report.count("deferred")  # DEFER or RECONNECT (421 after every reconnect)
+        delays = self.policy.retry_delays or (60.0,)
+        base = delays[min(recipient.attempts, len(delays) - 1)]
+        retry_in = base * random.uniform(0.8, 1.2)
+        return [Finished(recipient, DeliveryStatus.DEFERRED, text, retry_in=retry_in)]
+
+    def _refused(self, recipient: Recipient, reply: Reply, outcome: Outcome) -> list[Finished]:
+        """A permanent refusal: held while the circuit breaker is undecided."""
+        text = str(reply)
+        status = "bounce" if outcome is Outcome.BOUNCE else DeliveryStatus.FAILED
+        done = Finished(recipient, status, text)
+        breaker = self.report.breaker
+        was_undecided = breaker.undecided
+        if breaker.record(permanent=True):
+            # Trip: every held refusal and this one go back to pending, nobody suppressed.
+            self._halt(breaker.error(reply), requeued=False)
+            back = [*self.held, done]
+            self.held = []
+            for _ in back:
+                self.report.count("requeued")
+            return [Finished(d.recipient, REQUEUE, d.error) for d in back]
+        if breaker.undecided:
+            self.held.append(done)  # stays `sending` until the breaker decides
+            return []
+        if was_undecided:  # decided just now, without a trip: record what was held
+            return [*self._release_held(), self._count(done)]
+        return [self._count(done)]
+
+    def _release_held(self) -> list[Finished]:
+        held, self.held = self.held, []
+        return [self._count(done) for done in held]
+
+    def _count(self, done: Finished) -> Finished:
+        self.report.count("bounced" if done.status == "bounce" else "failed")
+        return done

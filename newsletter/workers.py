@@ -9,9 +9,10 @@ Messages on the pipe, parent -> worker: `(delivery_id, email, name, token, messa
 `None` (stop). The worker fills in the issue's message itself (its own copy of the
 MessageTemplate), so only a few short strings cross the pipe per message.
 Worker -> parent: one of
-    ("reply", code, text)        the server's answer for that message
+    ("reply", code, text, stage) the server's answer for that message (Reply.stage)
     ("lost", detail)             the connection died after the body: unknown
-    ("down", message)            the server cannot be used (TransportError)
+    ("silent", detail)           the body went out, no reply came in time: unknown
+    ("down", message[, error])   the server cannot be used (the TransportError, if raised)
     ("crash", detail)            anything else; the run stops
 """
 
@@ -43,13 +44,15 @@ def send_one(transport: BaseTransport, mail_from: str, rcpt: str, data: bytes) -
         try:
             reply = transport.send(mail_from, rcpt, data)
         except ConnectionLost as lost:
+            if lost.after_body and lost.timed_out:
+                return ("silent", f"the server took the message and never answered: {lost}")
             if lost.after_body:
                 return ("lost", f"connection lost after the message was sent: {lost}")
             reply = Reply(421, f"connection lost: {lost}")
         except TransportError as exc:
-            return ("down", exc.message)
+            return ("down", exc.message, exc)  # its type says what failed (e.g. the login)
         if reply.code != 421:
-            return ("reply", reply.code, reply.text)
+            return ("reply", reply.code, reply.text, reply.stage)
         transport.close()
         if delay is not None:
             time.sleep(delay)

@@ -85,6 +85,9 @@ class Behaviour:
     drop_after_body_rcpts: tuple[Matcher, ...] = ()
     #: seconds to wait before replying to the end of DATA
     data_delay: float = 0.0
+    #: take the whole body, keep the connection open and never reply to the end of DATA
+    #: (kept as a dropped message: the sender cannot know whether it was delivered)
+    never_answer_data: bool = False
 
 
 @dataclass
@@ -226,6 +229,10 @@ class _Handler:
             message.dropped = True
             self.owner._record(message)
             await _reply_and_close(server, None)
+        if behaviour.never_answer_data:
+            message.dropped = True
+            self.owner._record(message)
+            await asyncio.sleep(3600)  # cancelled when the client hangs up or the server stops
         if behaviour.data_delay > 0:
             # a client that gives up meanwhile cancels this task: nothing is recorded
             await asyncio.sleep(behaviour.data_delay)

@@ -25,6 +25,11 @@ from tests.smtpserver import SMTPServer
 pytestmark = pytest.mark.usefixtures("db_backend")
 
 
+def _told(result) -> str:  # type: ignore[no-untyped-def]
+    """Everything the run tells the user: its notes and why no new issue was made."""
+    return " ".join([*result.notes, getattr(result, "nothing_new", None) or ""])
+
+
 def _setup(tmp_path: Path, server: SMTPServer, emails: list[str], **env: str):  # type: ignore[no-untyped-def]
     settings = settings_for(tmp_path, NEWSLETTER_SMTP_URL=server.url, **env)
     engine = database(settings)
@@ -80,7 +85,7 @@ def test_second_run_sends_nothing(tmp_path: Path, smtp_server: SMTPServer) -> No
     _run(engine, settings)
     smtp_server.clear()
     result = _run(engine, settings)
-    assert "no new stories" in " ".join(result.notes)
+    assert "no new stories" in _told(result)
     assert smtp_server.messages == []
 
 
