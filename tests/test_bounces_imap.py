@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import imaplib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import pytest
 import trustme
 from imapserver import PASSWORD, DovecotServer, unavailable_reason
 
+from newsletter.bounces import MAX_MESSAGE_BYTES
+from tests.test_bounce_fuzz import MB, big_bounce
 from tests.test_bounces import (
     EXPECTED,
     FIXTURES,
@@ -115,3 +118,29 @@ def test_a_wrong_password_is_a_clean_error(site: Site, dovecot: DovecotServer) -
 def test_fetch_without_the_setting_names_it(site: Site) -> None:
     result = cli(site, "bounces", "fetch")
     assert result.exit_code == 1 and "NEWSLETTER_BOUNCE_IMAP_URL" in result.output
+
+
+def test_a_message_over_the_size_cap_is_never_fetched_and_stays(
+    site: Site, dovecot: DovecotServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RFC822.SIZE is asked first: the body of an 11 MB message is never downloaded."""
+    dovecot.add([site.fill("postfix-user-unknown.eml"), big_bounce(MAX_MESSAGE_BYTES + MB)])
+    fetched: list[str] = []
+    real_uid = imaplib.IMAP4.uid
+
+    def spy(self: imaplib.IMAP4, command: str, *args: object) -> tuple[str, list[object]]:
+        if command.upper() == "FETCH" and "BODY" in str(args[-1]).upper():
+            fetched.append(str(args[0]))
+        return real_uid(self, command, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(imaplib.IMAP4, "uid", spy)
+
+    result = cli(site, "bounces", "fetch", NEWSLETTER_BOUNCE_IMAP_URL=dovecot.url)
+
+    assert result.exit_code == 0, result.output + dovecot.log_text()
+    assert report_numbers(result.output)["processed"] == 1
+    assert "too large: 1" in result.output and "not read" in result.output
+    assert len(fetched) == 1  # the small report's body only
+    assert site.status("gone.postfix@example.org") == "bounced"
+    left = dovecot.messages()
+    assert len(left) == 1 and len(left[0]) > MAX_MESSAGE_BYTES  # left for a person
