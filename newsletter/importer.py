@@ -315,6 +315,7 @@ class _Writer:
 
     def __init__(self, dialect: sa.Dialect, report: ImportReport) -> None:
         self.report = report
+        self.conn: sa.Connection | None = None  # the current batch's, for COPY
         self.now = utcnow()
         self.driver = _driver_insert(dialect)
         bind = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
@@ -347,7 +348,8 @@ class _Writer:
 
     def _insert(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
         if conn.dialect.name == "postgresql":
-            self._copy(conn, rows)
+            self.conn = conn
+            self._copy(rows)
             return
         if self.driver is None:
             conn.execute(sa.insert(_T), rows)
@@ -358,10 +360,10 @@ class _Writer:
         else:
             conn.exec_driver_sql(sql, [tuple(map(r.__getitem__, order)) for r in rows])
 
-    @staticmethod
-    def _copy(conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
+    def _copy(self, rows: list[dict[str, Any]]) -> None:
         """COPY the new rows (psycopg 3), on the batch's own connection and transaction."""
-        raw = conn.connection.driver_connection
+        assert self.conn is not None
+        raw = self.conn.connection.driver_connection
         assert raw is not None
         columns = ", ".join(_INSERT_COLUMNS)
         with raw.cursor() as cursor, cursor.copy(f"COPY subscriber ({columns}) FROM STDIN") as copy:
@@ -437,6 +439,9 @@ class _Writer:
             return None
         self.report.updated += 1
         return new
+
+
+_Batch = _Writer  # the name tests/test_postgres_schema.py spies on (`_Batch._copy`)
 
 
 def _check(
