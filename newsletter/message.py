@@ -28,7 +28,7 @@ from email.utils import format_datetime, formataddr, make_msgid
 
 from newsletter.config import Settings
 from newsletter.dkim import MessageSigner, load_key
-from newsletter.render import UNSUBSCRIBE_URL
+from newsletter.render import split_placeholder
 from newsletter.sanitize import clean_text
 
 CRLF = b"\r\n"
@@ -57,18 +57,18 @@ def _crlf(text: str) -> bytes:
 
 @dataclass(frozen=True)
 class _Body:
-    """One body part split at the unsubscribe placeholder, each piece pre-encoded."""
+    """One body part split at the issue's unsubscribe placeholder, each piece pre-encoded."""
 
     head: bytes  # the part's MIME headers and blank line
     pieces: tuple[bytes, ...]  # QP-encoded text between placeholders
 
     @classmethod
-    def build(cls, content_type: str, text: str) -> _Body:
+    def build(cls, content_type: str, text: str, placeholder: str) -> _Body:
         head = (
             f'Content-Type: {content_type}; charset="utf-8"\r\n'
             "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
         ).encode("ascii")
-        pieces = tuple(_qp(_crlf(piece)) for piece in text.split(UNSUBSCRIBE_URL))
+        pieces = tuple(_qp(_crlf(piece)) for piece in text.split(placeholder))
         return cls(head, pieces)
 
     def fill(self) -> list[bytes | None]:
@@ -148,9 +148,11 @@ class MessageTemplate:
         opening = b"\r\n--" + b + b"\r\n"
         segments: list[bytes | None] = [b"This is a multi-part message in MIME format.\r\n"]
         segments.append(opening[2:])
-        segments += _Body.build("text/plain", text).fill()
+        # Only the issue's own placeholder is filled: never text that came from the feed.
+        placeholder, html = split_placeholder(html)
+        segments += _Body.build("text/plain", text, placeholder).fill()
         segments.append(opening)
-        segments += _Body.build("text/html", html).fill()
+        segments += _Body.build("text/html", html, placeholder).fill()
         segments.append(b"\r\n--" + b + b"--\r\n")
         self._runs = _runs(segments)
         key = load_key(settings)  # once per issue; a bad key fails here, before any send

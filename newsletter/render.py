@@ -2,19 +2,30 @@
 
 CONTRACT (used by newsletter.issues and newsletter.message):
 
-    UNSUBSCRIBE_URL = "%%UNSUBSCRIBE_URL%%"   # placeholder filled per subscriber
     render_issue(stories, settings, *, issue_id, feed_title, feed_link) -> RenderedIssue
+    split_placeholder(html) -> (placeholder, html)   # what message.py fills per subscriber
+    fill_unsubscribe(body, url, placeholder=None) -> str   # a preview's link
     render_subject(stories, settings, *, feed_title="", feed_link=None) -> str
     normalise_subject(text, limit=200) -> str
 
 Rendering happens once per issue, never per subscriber: premailer costs about
 50 ms a document, and the per-subscriber unsubscribe link is a byte-level
-replacement of UNSUBSCRIBE_URL in the finished bodies.
+replacement of a placeholder in the finished bodies.
+
+The placeholder is random per issue (`%%UNSUBSCRIBE_URL_<32 hex>%%`), made
+after the feed's text is fixed, so a story cannot contain it: a fixed string
+in a story would have the reader's personal link filled into it (an image URL
+on the attacker's server collects every reader's token). It is stored with the
+frozen issue as a comment at the very start of its HTML, a place feed text can
+never reach; message.py strips it. An issue frozen before (no such comment)
+uses the old fixed placeholder, UNSUBSCRIBE_URL, and sends as it always did.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import secrets
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,7 +41,9 @@ from newsletter.errors import TemplateError
 from newsletter.htmltext import cap_line_length, excerpt_html, html_to_text
 from newsletter.templating import render_template
 
+#: The fixed placeholder of issues frozen before per-issue placeholders (still sent so).
 UNSUBSCRIBE_URL = "%%UNSUBSCRIBE_URL%%"
+_MARK = re.compile(r"\A<!--newsletter-placeholder:([0-9a-f]{32})-->\n")
 
 SUBJECT_LIMIT = 200
 SUMMARY_LIMITS = {"max_chars": 1000, "max_paragraphs": 3}  # a feed's own summary: cut only if long
@@ -48,8 +61,9 @@ _URL_DROPPED = {ord(c): None for c in "\r\n\t"}
 @dataclass(frozen=True)
 class RenderedIssue:
     subject: str  # one line, no control characters
-    html: str  # full document, CSS inlined, contains UNSUBSCRIBE_URL
-    text: str  # real plain-text version, contains UNSUBSCRIBE_URL
+    html: str  # placeholder comment + full document, CSS inlined, contains `placeholder`
+    text: str  # real plain-text version, contains `placeholder`
+    placeholder: str = UNSUBSCRIBE_URL  # where the unsubscribe URL goes, this issue only
 
 
 class StoryLike(Protocol):
@@ -78,6 +92,31 @@ class StoryView:
     image_alt: str  # "" marks the image as decorative
     summary_html: Markup  # already sanitised upstream, then excerpted
     summary_text: str  # the same summary as wrapped plain text
+
+
+def new_placeholder() -> tuple[str, str]:
+    """(key, placeholder) for one issue: unguessable, so no feed text can hold it."""
+    key = secrets.token_hex(16)
+    return key, f"%%UNSUBSCRIBE_URL_{key}%%"
+
+
+def split_placeholder(html: str) -> tuple[str, str]:
+    """(the issue's placeholder, its HTML without the comment that records it).
+
+    Only the very start of the HTML is read: an issue's own renderer wrote it,
+    feed text cannot be there. No comment: an issue frozen before, UNSUBSCRIBE_URL.
+    """
+    match = _MARK.match(html)
+    if match is None:
+        return UNSUBSCRIBE_URL, html
+    return f"%%UNSUBSCRIBE_URL_{match[1]}%%", html[match.end() :]
+
+
+def fill_unsubscribe(body: str, url: str, placeholder: str | None = None) -> str:
+    """A body with `url` where its template put the unsubscribe link (previews, tests)."""
+    if placeholder is None:
+        placeholder, body = split_placeholder(body)
+    return body.replace(placeholder, url)
 
 
 def normalise_subject(text: str, limit: int = SUBJECT_LIMIT) -> str:
@@ -141,15 +180,18 @@ def render_issue(
     context = _base_context(views, settings, issue_id, feed_title, feed_link)
     subject = _subject_from(context, settings)
     context["subject"] = subject
+    key, placeholder = new_placeholder()
+    context["unsubscribe_url"] = placeholder
     html = inline_css(render_template(settings, "email.html", context))
     text = cap_line_length(render_template(settings, "email.txt", context).strip() + "\n")
     for name, body in (("email.html", html), ("email.txt", text)):
-        if UNSUBSCRIBE_URL not in body:
+        if placeholder not in body:
             raise TemplateError(
                 f"Template {name!r} has no unsubscribe link: "
                 "it must contain {{ unsubscribe_url }}"
             )
-    return RenderedIssue(subject=subject, html=html, text=text)
+    html = f"<!--newsletter-placeholder:{key}-->\n{html}"
+    return RenderedIssue(subject=subject, html=html, text=text, placeholder=placeholder)
 
 
 def inline_css(html: str) -> str:

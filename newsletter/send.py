@@ -32,7 +32,7 @@ from newsletter.heartbeat import WorkerRegistry
 from newsletter.message import MessageTemplate, message_date
 from newsletter.models import Issue, Story
 from newsletter.ratebudget import SharedRateLimiter
-from newsletter.render import UNSUBSCRIBE_URL
+from newsletter.render import fill_unsubscribe
 from newsletter.sendissue import (
     IssueResult,
     ProgressFactory,
@@ -172,7 +172,7 @@ def run_send(
         result.stories = stories
         if options.preview and stories:
             html = issue_store.render_preview(stories, settings, feed).html
-            html = html.replace(UNSUBSCRIBE_URL, settings.url("unsubscribe/preview"))
+            html = fill_unsubscribe(html, settings.url("unsubscribe/preview"))
             _write_preview(options.preview, html)
             result.notes.append(f"Preview written to {options.preview}.")
         if options.to and stories:

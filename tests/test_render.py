@@ -23,6 +23,7 @@ from newsletter.render import (
     normalise_subject,
     render_issue,
     render_subject,
+    split_placeholder,
 )
 from newsletter.templating import builtin_templates_dir, template_env
 
@@ -100,13 +101,25 @@ def settings(tmp_path: Path) -> Settings:
     return make_settings(tmp_path)
 
 
-def render(settings: Settings, stories: list[Story] | None = None, issue_id: int | None = 42):
+def render_raw(settings: Settings, stories: list[Story] | None = None, issue_id: int | None = 42):
     return render_issue(
         STORIES if stories is None else stories,
         settings,
         issue_id=issue_id,
         feed_title="Alliance Against Seclusion and Restraint",
         feed_link="https://endseclusion.org/",
+    )
+
+
+def render(settings: Settings, stories: list[Story] | None = None, issue_id: int | None = 42):
+    """The issue with its random placeholder shown as UNSUBSCRIBE_URL (stable golden files)."""
+    issue = render_raw(settings, stories, issue_id)
+    placeholder, html = split_placeholder(issue.html)
+    assert placeholder == issue.placeholder != UNSUBSCRIBE_URL
+    return replace(
+        issue,
+        html=html.replace(placeholder, UNSUBSCRIBE_URL),
+        text=issue.text.replace(placeholder, UNSUBSCRIBE_URL),
     )
 
 
@@ -387,3 +400,20 @@ def test_excerpt_cuts_on_element_boundaries() -> None:
     assert cut.startswith("<p>word word") and cut.endswith("word…</p>")
     assert len(cut) < 700
     assert excerpt_html("<p>a &amp; b &lt;c&gt;</p>") == "<p>a &amp; b &lt;c&gt;</p>"
+
+
+# -- the per-issue placeholder (issue 11.3) ------------------------------------------
+
+
+def test_each_issue_has_its_own_unguessable_placeholder(settings: Settings) -> None:
+    first, second = render_raw(settings), render_raw(settings)
+    assert first.placeholder != second.placeholder
+    assert re.fullmatch(r"%%UNSUBSCRIBE_URL_[0-9a-f]{32}%%", first.placeholder)
+    assert first.html.startswith("<!--newsletter-placeholder:")
+    assert split_placeholder(first.html)[0] == first.placeholder
+    assert first.placeholder in first.text and UNSUBSCRIBE_URL not in first.html
+
+
+def test_a_placeholder_comment_later_in_the_html_is_ignored() -> None:
+    forged = "<p>x</p>\n<!--newsletter-placeholder:" + "a" * 32 + "-->\n"
+    assert split_placeholder(forged) == (UNSUBSCRIBE_URL, forged)
