@@ -240,11 +240,12 @@ def _original_headers(msg: Message) -> list[Message]:
         ctype = part.get_content_type()
         if ctype in ("message/rfc822", "message/global"):
             payload = part.get_payload()
-            if isinstance(payload, list) and payload:
+            if isinstance(payload, list) and payload and isinstance(payload[0], Message):
                 found.append(payload[0])
         elif ctype in ("text/rfc822-headers", "message/global-headers"):
-            raw = part.get_payload(decode=True) or b""
-            found.append(BytesHeaderParser().parsebytes(raw))
+            raw = part.get_payload(decode=True)
+            if isinstance(raw, bytes):
+                found.append(BytesHeaderParser().parsebytes(raw))
     return found
 
 
