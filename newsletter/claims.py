@@ -7,8 +7,11 @@ is also the fence: a worker may only mark `sending` a delivery it still
 claims (bookkeeping's start statement checks `claimed_by`), so a claim taken
 over after its lease expired can never be sent by both.
 
-A worker is dead when its heartbeat is older than the lease, when its row is
-gone, or (same host) when its process is gone. Its claimed-but-unstarted
+A worker is identified by a random id per process (`send_worker.id`), never
+by its host name and pid: two hosts may share a name. It is dead when its
+heartbeat is older than the lease, when its row is gone, or when its process
+is gone, a check made only from the same pid space (`pid_space`: this boot of
+this kernel and this pid namespace), where its pid means that process. Its claimed-but-unstarted
 deliveries are claimable again once their lease expires or it is found dead;
 its `sending` ones become `unknown` (the server may have them). A live
 worker's in-flight messages are never touched: their lease is renewed.
@@ -17,11 +20,11 @@ worker's in-flight messages are never touched: their lease is renewed.
 from __future__ import annotations
 
 import os
-import socket
 import time
 from collections import deque
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -42,6 +45,20 @@ LOST = "interrupted while sending: may have been delivered"
 def shared_sends(engine: Engine) -> bool:
     """Whether several senders may share an issue here (row locks with SKIP LOCKED)."""
     return engine.dialect.name == "postgresql"
+
+
+def pid_space() -> str | None:
+    """Where a pid names one process: this kernel boot and pid namespace (Linux).
+
+    A host name is not enough (two machines or containers may share one); None
+    where it cannot be told, and then only the lease says a worker is dead.
+    """
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+    return f"{boot}:{namespace}" if boot else None
 
 
 def pid_alive(pid: int) -> bool:
@@ -205,14 +222,16 @@ def renew(engine: Engine, worker_id: str, issue_id: int | None, held: list[int])
 
 
 def dead_workers(engine: Engine) -> list[str]:
-    """Workers whose heartbeat is older than the lease, or whose process on this host is gone."""
-    host, now = socket.gethostname(), utcnow()
+    """Workers whose heartbeat is older than the lease, or whose process is gone from
+    this very pid space (a same-named host's pid says nothing about ours)."""
+    here, now = pid_space(), utcnow()
     with engine.connect() as conn:
-        rows = conn.execute(sa.select(W.c.id, W.c.host, W.c.pid, W.c.heartbeat_at)).all()
+        rows = conn.execute(sa.select(W.c.id, W.c.pid, W.c.pid_space, W.c.heartbeat_at)).all()
     return [
         r.id
         for r in rows
-        if now - r.heartbeat_at > LEASE or (r.host == host and not pid_alive(r.pid))
+        if now - r.heartbeat_at > LEASE
+        or (here is not None and r.pid_space == here and not pid_alive(r.pid))
     ]
 
 

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from newsletter.claims import HEARTBEAT_SECONDS, LEASE, Claims, renew
+from newsletter.claims import HEARTBEAT_SECONDS, LEASE, Claims, pid_space, renew
 from newsletter.models import SendWorker, utcnow
 
 W = SendWorker.__table__
@@ -37,7 +37,9 @@ class WorkerRegistry:
         self.engine = engine
         self.host = socket.gethostname()
         self.pid = os.getpid()
-        self.id = f"{self.host}:{self.pid}:{secrets.token_hex(4)}"
+        self.pid_space = pid_space()
+        # random per process: the host name and pid only make it readable
+        self.id = f"{self.host}:{self.pid}:{secrets.token_hex(8)}"
         self.interval = interval
         self.claims: Claims | None = None
         self.issue_id: int | None = None
@@ -67,6 +69,7 @@ class WorkerRegistry:
                     id=self.id,
                     host=self.host,
                     pid=self.pid,
+                    pid_space=self.pid_space,
                     sent=0,
                     started_at=now,
                     heartbeat_at=now,

@@ -180,6 +180,7 @@ class SendLock(SQLModel, table=True):
     owner: str = Field(max_length=200)  # host:pid:random
     host: str = Field(max_length=200)
     pid: int
+    pid_space: str | None = Field(default=None, max_length=200)  # see claims.pid_space
     acquired_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)  # type: ignore[call-overload]
     heartbeat_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)  # type: ignore[call-overload]
 
@@ -200,9 +201,10 @@ class SendWorker(SQLModel, table=True):
 
     __tablename__ = "send_worker"
 
-    id: str = Field(primary_key=True, max_length=200)  # host:pid:random
+    id: str = Field(primary_key=True, max_length=200)  # host:pid:random, random per process
     host: str = Field(max_length=200)
     pid: int
+    pid_space: str | None = Field(default=None, max_length=200)  # see claims.pid_space
     issue_id: int | None = Field(default=None, foreign_key="issue.id", index=True)
     sent: int = 0
     started_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)  # type: ignore[call-overload]

@@ -2,7 +2,8 @@
 
 A second run (cron overlap, a second terminal) is told another send is in
 progress. A lock left by a crashed run is taken over at once when its process
-is gone on this host, or once its heartbeat is older than the lease.
+is gone from this pid space (claims.pid_space: same boot, same pid namespace;
+a host name alone can be shared), or once its heartbeat is older than the lease.
 
 On PostgreSQL several sends share an issue instead (claims.py); only the
 making of an issue is serialised, with `creation_lock`: a session-level
@@ -22,7 +23,7 @@ from datetime import timedelta
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from newsletter.claims import pid_alive
+from newsletter.claims import pid_alive, pid_space
 from newsletter.db import write_session
 from newsletter.errors import SendInProgress
 from newsletter.models import SendLock, utcnow
@@ -56,13 +57,15 @@ class SendLockHolder:
         self.engine = engine
         self.host = socket.gethostname()
         self.pid = os.getpid()
-        self.owner = f"{self.host}:{self.pid}:{secrets.token_hex(4)}"
+        self.pid_space = pid_space()
+        self.owner = f"{self.host}:{self.pid}:{secrets.token_hex(8)}"
         self.took_over: SendLock | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def _is_stale(self, lock: SendLock) -> bool:
-        if lock.host == self.host and not pid_alive(lock.pid):
+        same_space = self.pid_space is not None and lock.pid_space == self.pid_space
+        if same_space and not pid_alive(lock.pid):
             return True
         return utcnow() - lock.heartbeat_at > LEASE
 
@@ -81,6 +84,7 @@ class SendLockHolder:
                     owner=lock.owner,
                     host=lock.host,
                     pid=lock.pid,
+                    pid_space=lock.pid_space,
                     acquired_at=lock.acquired_at,
                     heartbeat_at=lock.heartbeat_at,
                 )
@@ -88,7 +92,13 @@ class SendLockHolder:
                 session.flush()
             if lock is None or lock.owner != self.owner:
                 session.add(
-                    SendLock(name=LOCK_NAME, owner=self.owner, host=self.host, pid=self.pid)
+                    SendLock(
+                        name=LOCK_NAME,
+                        owner=self.owner,
+                        host=self.host,
+                        pid=self.pid,
+                        pid_space=self.pid_space,
+                    )
                 )
         self._thread = threading.Thread(target=self._beat, name="send-lock-heartbeat", daemon=True)
         self._thread.start()

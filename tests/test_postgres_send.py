@@ -7,6 +7,8 @@ The same with real processes and SIGKILL is in test_scale_workers.py.
 
 from __future__ import annotations
 
+import os
+import secrets
 import threading
 import time
 from collections import Counter
@@ -18,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from newsletter.bookkeeping import Bookkeeper
-from newsletter.claims import Claims, reap
+from newsletter.claims import Claims, pid_space, reap
 from newsletter.delivery import Policy
 from newsletter.heartbeat import WorkerRegistry
 from newsletter.models import DeliveryStatus, utcnow
@@ -213,3 +215,69 @@ def test_status_shows_the_active_workers_and_their_rates(tmp_path: Path) -> None
         report = status_report(engine)
     assert [(w.worker_id, w.issue_id, w.sent) for w in report.workers] == [(me.id, issue_id, 50)]
     assert status_report(engine).workers == []
+
+
+def _dead_pid() -> int:
+    """A pid with no process on this machine."""
+    pid = 2**22 + 4242
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return pid
+        except PermissionError:
+            pass
+        pid += 1
+
+
+def _twin(engine: Engine, issue_id: int, *, pid: int, space: str | None) -> tuple[str, int]:
+    """Register a worker under our host name and `pid` (a real WorkerRegistry row, never
+    beating) with one message in flight and a live lease; (its id, that delivery's id)."""
+    twin = WorkerRegistry(engine)
+    twin.pid, twin.pid_space = pid, space
+    twin.id = f"{twin.host}:{pid}:{secrets.token_hex(8)}"
+    twin.start()
+    twin._stop.set()  # its heartbeat thread stops; the row and its fresh beat stay
+    claims = Claims(engine, twin.id, issue_id, batch=1)
+    (held,) = claims.claim()
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE delivery SET status='sending' WHERE id = :d"), {"d": held.delivery_id}
+        )
+    return twin.id, held.delivery_id
+
+
+def _status(engine: Engine, delivery_id: int) -> str:
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.text("SELECT status FROM delivery WHERE id = :d"), {"d": delivery_id}
+        ).scalar_one()
+
+
+def test_a_same_named_hosts_worker_is_not_reaped_while_its_lease_is_live(tmp_path: Path) -> None:
+    """Same host name and pid, different ids (another machine): its in-flight messages stay
+    `sending` while its lease runs, whatever that pid means here."""
+    settings = settings_for(tmp_path)
+    engine = database(settings)
+    issue_id = _make_issue(engine, settings, 5)
+    pid = _dead_pid()  # same pid for both: dead here, alive on the other machine
+    first, first_delivery = _twin(engine, issue_id, pid=pid, space="other-machine-boot:1")
+    second, second_delivery = _twin(engine, issue_id, pid=pid, space="third-machine-boot:1")
+    assert first != second and first.split(":")[:2] == second.split(":")[:2]
+    assert reap(engine, issue_id) == 0
+    assert reap(engine) == 0
+    assert _status(engine, first_delivery) == _status(engine, second_delivery) == "sending"
+    with engine.connect() as conn:
+        ids = set(conn.execute(sa.text("SELECT id FROM send_worker")).scalars())
+    assert {first, second} <= ids
+
+
+def test_a_dead_process_in_our_own_pid_space_is_reaped_at_once(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path)
+    engine = database(settings)
+    issue_id = _make_issue(engine, settings, 3)
+    here = pid_space()
+    assert here is not None  # Linux: /proc tells the boot and the pid namespace
+    gone, delivery_id = _twin(engine, issue_id, pid=_dead_pid(), space=here)
+    assert reap(engine, issue_id) == 1  # lease still live, but the process is gone here
+    assert _status(engine, delivery_id) == DeliveryStatus.UNKNOWN

@@ -43,11 +43,19 @@ def upgrade() -> None:
             sa.Column("matched_by", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=True)
         )
     # -- section: sending (worker identity) --
-    pass
+    # where a pid means something: rows without one (older runs) are judged by lease only
+    for table in ("send_worker", "send_lock"):
+        with op.batch_alter_table(table, schema=None) as batch_op:
+            batch_op.add_column(
+                sa.Column("pid_space", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=True)
+            )
 
 
 def downgrade() -> None:
     # -- section: sending (worker identity) --
+    for table in ("send_lock", "send_worker"):
+        with op.batch_alter_table(table, schema=None) as batch_op:
+            batch_op.drop_column("pid_space")
     # -- section: bounces (matching) --
     with op.batch_alter_table("bounce_event", schema=None) as batch_op:
         batch_op.drop_column("matched_by")
