@@ -233,6 +233,21 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path: Path) -> None:
     assert result.issues[0].report.sent == 2
 
 
+@SQLITE_ONLY
+def test_a_lock_of_a_same_named_host_is_not_taken_over_by_its_pid(tmp_path: Path) -> None:
+    """Same host name, a pid that is dead here, another machine's pid space: its lease rules."""
+    settings = settings_for(tmp_path)
+    engine = database(settings)
+    add_subscribers(engine, many(2))
+    holder = SendLockHolder(engine)
+    holder.pid = 2**22 + 12345  # no such process here; alive on the other machine
+    holder.pid_space = "another-machine-boot:4026531836"
+    holder.acquire()
+    holder._stop.set()
+    with pytest.raises(SendInProgress, match="another send"):
+        _send(engine, settings, MemoryTransport())
+
+
 def test_rate_limit_spaces_messages(tmp_path: Path) -> None:
     settings = settings_for(tmp_path, NEWSLETTER_SEND_RATE="50")
     engine = database(settings)
