@@ -56,7 +56,7 @@ def write_csv(path: Path, rows: int) -> None:
 
 def child_import(csv_path: str, db_path: str) -> dict[str, float]:
     from newsletter.db import open_database
-    from newsletter.importer import import_contacts
+    from newsletter.subscribers.importer import import_contacts
 
     engine = open_database("sqlite:///" + db_path)
     start = time.perf_counter()

@@ -9,8 +9,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from newsletter.bounces import bounce_counts_by_issue, unmatched_report_count
-from newsletter.claims import LEASE
+from newsletter.bounces.record import bounce_counts_by_issue, unmatched_report_count
 from newsletter.models import (
     Delivery,
     DeliveryStatus,
@@ -19,7 +18,8 @@ from newsletter.models import (
     SendWorker,
     utcnow,
 )
-from newsletter.subscribers import counts_by_status
+from newsletter.sending.claims import LEASE
+from newsletter.subscribers.manage import counts_by_status
 
 D = Delivery.__table__
 

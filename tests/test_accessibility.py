@@ -30,8 +30,8 @@ from smtpserver import SMTPServer
 from webserver import WebServer
 
 from newsletter.config import Settings
-from newsletter.send import SendOptions, run_send
-from newsletter.web import PAGE_CSP, create_app
+from newsletter.sending.run import SendOptions, run_send
+from newsletter.web.app import PAGE_CSP, create_app
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page, Route
@@ -135,7 +135,7 @@ def test_the_sample_issue_email_passes_axe_in_light_and_dark(
 def test_the_confirmation_email_passes_axe(
     axe_page: Page, tmp_path: Path, smtp_server: SMTPServer
 ) -> None:
-    from newsletter.signup import request_signup
+    from newsletter.subscribers.signup import request_signup
 
     settings = settings_for(tmp_path, NEWSLETTER_SMTP_URL=smtp_server.url)
     request_signup(database(settings), settings, READER)

@@ -13,14 +13,14 @@ import email_validator
 import pytest
 from email_validator import EmailNotValidError, validate_email
 
-from newsletter.addresses import (
+from newsletter.errors import SubscriberError
+from newsletter.mail.addresses import (
     AddressError,
     NormalisedAddress,
     clean_name,
     email_hash,
     normalise_address,
 )
-from newsletter.errors import SubscriberError
 
 
 def test_trims_lowercases_domain_keeps_local_spelling() -> None:

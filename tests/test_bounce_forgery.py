@@ -18,8 +18,8 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from newsletter.cli import main
-from newsletter.send import SendOptions, run_send
-from newsletter.verp import envelope_sender
+from newsletter.mail.verp import envelope_sender
+from newsletter.sending.run import SendOptions, run_send
 from tests.helpers import add_subscribers, database, settings_for
 from tests.test_bounces import (
     BOUNCE_ENV,

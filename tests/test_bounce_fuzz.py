@@ -24,10 +24,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from newsletter.bounces import MAX_MESSAGE_BYTES
-from newsletter.dsn import MAX_FINDINGS, ParsedReport, UnreadableReport, parse_report
+from newsletter.bounces.dsn import MAX_FINDINGS, ParsedReport, UnreadableReport, parse_report
+from newsletter.bounces.record import MAX_MESSAGE_BYTES
 from newsletter.errors import NewsletterError
-from newsletter.verp import envelope_sender
+from newsletter.mail.verp import envelope_sender
 from tests.test_bounces import (
     FIXTURES,
     REPORTS,

@@ -22,12 +22,12 @@ import sqlalchemy as sa
 from click.testing import CliRunner, Result
 from sqlalchemy.engine import Engine
 
-from newsletter.bounces import bounce_counts_by_issue
+from newsletter.bounces.record import bounce_counts_by_issue
 from newsletter.cli import main
 from newsletter.config import Settings
-from newsletter.importer import import_contacts
-from newsletter.send import SendOptions, run_send
-from newsletter.verp import decode_token, envelope_sender
+from newsletter.mail.verp import decode_token, envelope_sender
+from newsletter.sending.run import SendOptions, run_send
+from newsletter.subscribers.importer import import_contacts
 from tests.helpers import NEXT_FEED, add_subscribers, database, settings_for, table_dump
 from tests.smtpserver import SMTPServer
 

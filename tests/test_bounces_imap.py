@@ -10,7 +10,7 @@ import pytest
 import trustme
 from imapserver import PASSWORD, DovecotServer, unavailable_reason
 
-from newsletter.bounces import MAX_MESSAGE_BYTES
+from newsletter.bounces.record import MAX_MESSAGE_BYTES
 from tests.test_bounce_fuzz import MB, big_bounce
 from tests.test_bounces import (
     EXPECTED,

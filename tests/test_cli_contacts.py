@@ -14,9 +14,9 @@ from click.testing import CliRunner
 
 from newsletter.cli import main
 from newsletter.cli.contacts import PROGRESS_FROM_ROWS, ImportProgress, format_progress
-from newsletter.csvformats import estimate_rows
 from newsletter.db import open_database
-from newsletter.importer import CHECKING, WRITING, import_contacts
+from newsletter.subscribers.csvformats import estimate_rows
+from newsletter.subscribers.importer import CHECKING, WRITING, import_contacts
 from tests.helpers import database_url
 
 ROOT = Path(__file__).resolve().parents[1]

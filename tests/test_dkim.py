@@ -26,7 +26,8 @@ from dkim.canonicalization import Relaxed
 
 from newsletter.config import Settings
 from newsletter.db import open_database, write_session
-from newsletter.dkim import (
+from newsletter.errors import ConfigError
+from newsletter.mail.dkim import (
     DkimKey,
     GeneratedKey,
     MessageSigner,
@@ -35,10 +36,9 @@ from newsletter.dkim import (
     relaxed_body,
     relaxed_header,
 )
-from newsletter.errors import ConfigError
-from newsletter.message import MessageTemplate, message_date
+from newsletter.mail.message import MessageTemplate, message_date
 from newsletter.models import Subscriber
-from newsletter.send import SendOptions, run_send
+from newsletter.sending.run import SendOptions, run_send
 from tests.helpers import BASE_ENV, SAMPLE_FEED, add_subscribers, deliveries, many, settings_for
 from tests.helpers import run_cli as cli
 from tests.smtpserver import SMTPServer
@@ -296,8 +296,8 @@ def test_key_is_loaded_once_per_issue(
 
 def test_the_sample_issue_uses_the_incremental_hash(tmp_path: Path, key: GeneratedKey) -> None:
     """The fast path is what keeps signing under the bare smtplib loop; keep it taken."""
-    from newsletter.feed import parse_feed
-    from newsletter.render import render_issue
+    from newsletter.issues.feed import parse_feed
+    from newsletter.issues.render import render_issue
 
     settings = signed_settings(tmp_path, key)
     feed = parse_feed(SAMPLE_FEED.read_bytes(), base_url="https://endseclusion.org/feed/")

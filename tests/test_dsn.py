@@ -1,4 +1,4 @@
-"""Reading reports (newsletter.dsn) and VERP tokens (newsletter.verp), without a database."""
+"""Reading reports (newsletter.bounces.dsn) and VERP tokens (newsletter.mail.verp), no database."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from newsletter.bounces.dsn import classify, parse_report, status_code
 from newsletter.config import load_settings
-from newsletter.dsn import classify, parse_report, status_code
 from newsletter.errors import ConfigError
-from newsletter.verp import decode_token, envelope_sender, find_token, make_token
+from newsletter.mail.verp import decode_token, envelope_sender, find_token, make_token
 
 FIXTURES = Path(__file__).resolve().parent / "bounces"
 ENV = {

@@ -11,7 +11,7 @@ import pytest
 from feedserver import FeedServer, SilentServer, closed_port_url
 
 from newsletter.errors import FeedError
-from newsletter.feed import (
+from newsletter.issues.feed import (
     DEFAULT_USER_AGENT,
     MAX_UID_LENGTH,
     Feed,
@@ -459,7 +459,7 @@ def test_http_empty_body_is_a_feed_error() -> None:
 
 
 def test_http_oversized_gzip_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("newsletter.fetch.MAX_FEED_BYTES", 64 * 1024)
+    monkeypatch.setattr("newsletter.issues.fetch.MAX_FEED_BYTES", 64 * 1024)
     bomb = b"<rss>" + b" " * (1024 * 1024)
     with FeedServer() as server:
         server.route("/feed", body=bomb, gzip=True)

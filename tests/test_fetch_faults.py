@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from newsletter.errors import FeedError
-from newsletter.feed import fetch_feed, load_feed, parse_feed
+from newsletter.issues.feed import fetch_feed, load_feed, parse_feed
 from tests.feedserver import FeedServer
 
 FEEDS = Path(__file__).resolve().parent / "feeds"

@@ -28,8 +28,8 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 from newsletter.db import make_engine, open_database
-from newsletter.importer import BATCH
-from newsletter.subscribers import add_subscriber, unsubscribe_by_token
+from newsletter.subscribers.importer import BATCH
+from newsletter.subscribers.manage import add_subscriber, unsubscribe_by_token
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = 200_000

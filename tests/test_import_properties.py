@@ -19,10 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 
-import newsletter.importer as importer
+import newsletter.subscribers.importer as importer
 from newsletter.db import open_database, write_session
 from newsletter.models import Subscriber, SubscriberStatus, Suppression
-from newsletter.subscribers import add_subscriber, forget_subscriber
+from newsletter.subscribers.manage import add_subscriber, forget_subscriber
 
 PEOPLE = ("ana@example.org", "ben@example.org", "cy@example.net", "dee@example.com", "eli@x.org")
 FORGOTTEN = "forgotten"

@@ -11,9 +11,9 @@ from email.policy import default
 from pathlib import Path
 
 from newsletter.config import Settings, load_settings
-from newsletter.feed import parse_feed
-from newsletter.message import MessageTemplate, message_date, unsubscribe_url
-from newsletter.render import UNSUBSCRIBE_URL, render_issue
+from newsletter.issues.feed import parse_feed
+from newsletter.issues.render import UNSUBSCRIBE_URL, render_issue
+from newsletter.mail.message import MessageTemplate, message_date, unsubscribe_url
 from tests.helpers import BASE_ENV, SAMPLE_FEED
 
 GOLDEN = Path(__file__).parent / "golden" / "sample-issue.eml"

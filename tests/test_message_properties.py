@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from newsletter.config import Settings, load_settings
-from newsletter.feed import FeedStory
-from newsletter.message import MessageTemplate, message_date
-from newsletter.render import render_issue
+from newsletter.issues.feed import FeedStory
+from newsletter.issues.render import render_issue
+from newsletter.mail.message import MessageTemplate, message_date
 from tests.helpers import BASE_ENV
 
 #: Every header an issue email carries without DKIM, each exactly once.

@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 
 from newsletter.errors import SenderRejected
-from newsletter.outcomes import (
+from newsletter.mail.transport import Reply
+from newsletter.sending.outcomes import (
     BREAKER_FAILURES,
     Breaker,
     Outcome,
@@ -18,7 +19,6 @@ from newsletter.outcomes import (
     classify,
     sender_error,
 )
-from newsletter.transport import Reply
 
 TABLE: list[tuple[int, str, str, Outcome]] = [
     # (code, text, stage, outcome)

@@ -135,7 +135,7 @@ def test_built_wheel_renders_an_email(tmp_path: Path) -> None:
         NEWSLETTER_OUTBOX="outbox",
     )
     probe = (
-        "import importlib, json, sys, newsletter, newsletter.render\n"
+        "import importlib, json, sys, newsletter, newsletter.issues.render\n"
         "mods = {m: importlib.import_module(m).__file__ for m in sys.argv[1:]}\n"
         "print(json.dumps({'newsletter': newsletter.__file__, 'path': sys.path, 'deps': mods}))\n"
     )

@@ -10,11 +10,11 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlmodel import SQLModel
 
-import newsletter.importer as importer
 import newsletter.models  # noqa: F401  (registers the tables)
+import newsletter.subscribers.importer as importer
 from newsletter.db import alembic_config, current_revision, head_revision, open_database
-from newsletter.importer import import_contacts
-from newsletter.subscribers import list_subscribers
+from newsletter.subscribers.importer import import_contacts
+from newsletter.subscribers.manage import list_subscribers
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "contacts.csv"
 

@@ -19,15 +19,15 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from newsletter.bookkeeping import Bookkeeper
-from newsletter.claims import Claims, pid_space, reap
-from newsletter.delivery import Policy
-from newsletter.heartbeat import WorkerRegistry
+from newsletter.mail.transport import MemoryTransport, Reply
 from newsletter.models import DeliveryStatus, utcnow
-from newsletter.ratebudget import SharedRateLimiter
-from newsletter.send import SendOptions, run_send
+from newsletter.sending.claims import Claims, pid_space, reap
+from newsletter.sending.dispatch import Policy
+from newsletter.sending.ledger import Bookkeeper
+from newsletter.sending.pacing import SharedRateLimiter
+from newsletter.sending.registry import WorkerRegistry
+from newsletter.sending.run import SendOptions, run_send
 from newsletter.status import status_report
-from newsletter.transport import MemoryTransport, Reply
 from tests.helpers import add_subscribers, database, deliveries, many, settings_for
 
 pytestmark = [

@@ -17,15 +17,15 @@ import pytest
 
 from newsletter.config import Settings, load_settings
 from newsletter.errors import ConfigError, TemplateError
-from newsletter.htmltext import cap_line_length, excerpt_html, html_to_text
-from newsletter.render import (
+from newsletter.issues.htmltext import cap_line_length, excerpt_html, html_to_text
+from newsletter.issues.render import (
     UNSUBSCRIBE_URL,
     normalise_subject,
     render_issue,
     render_subject,
     split_placeholder,
 )
-from newsletter.templating import builtin_templates_dir, template_env
+from newsletter.issues.templating import builtin_templates_dir, template_env
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -193,7 +193,7 @@ def test_stories_newest_first_with_image_alt(settings: Settings) -> None:
 
 
 def test_feed_story_objects_render(settings: Settings) -> None:
-    from newsletter.feed import FeedStory
+    from newsletter.issues.feed import FeedStory
 
     story = FeedStory(
         uid="guid:1",

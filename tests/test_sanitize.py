@@ -1,10 +1,10 @@
-"""Feed text and HTML are untrusted: what `newsletter.sanitize` lets through."""
+"""Feed text and HTML are untrusted: what `newsletter.issues.sanitize` lets through."""
 
 from __future__ import annotations
 
 import pytest
 
-from newsletter.sanitize import (
+from newsletter.issues.sanitize import (
     clean_html,
     clean_text,
     display_url,

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from newsletter.sanitize import ALLOWED_TAGS, clean_html, clean_text
+from newsletter.issues.sanitize import ALLOWED_TAGS, clean_html, clean_text
 
 # ---- what counts as active content in the output ---------------------------------
 

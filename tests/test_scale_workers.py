@@ -18,9 +18,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from newsletter.claims import LOST
 from newsletter.db import open_database
 from newsletter.models import Subscriber
+from newsletter.sending.claims import LOST
 from tests.countingsink import CountingSink
 from tests.helpers import BASE_ENV, SAMPLE_FEED, deliveries, start_send
 

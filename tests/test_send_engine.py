@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from newsletter.delivery import recover
 from newsletter.errors import SendInProgress
+from newsletter.mail.transport import MemoryTransport, Reply
 from newsletter.models import DeliveryStatus, SubscriberStatus
-from newsletter.send import SendOptions, run_send
-from newsletter.sendlock import SendLockHolder
-from newsletter.transport import MemoryTransport, Reply
+from newsletter.sending.dispatch import recover
+from newsletter.sending.lock import SendLockHolder
+from newsletter.sending.run import SendOptions, run_send
 from tests.helpers import (
     NEXT_FEED,
     add_subscribers,

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from newsletter.delivery import ServerSilent
+from newsletter.mail.transport import MemoryTransport, Reply
 from newsletter.models import DeliveryStatus, SubscriberStatus
-from newsletter.outcomes import BREAKER_FAILURES, RefusedNotRecipient, TooManyRefusals
-from newsletter.send import SendOptions, run_send
-from newsletter.transport import MemoryTransport, Reply
+from newsletter.sending.dispatch import ServerSilent
+from newsletter.sending.outcomes import BREAKER_FAILURES, RefusedNotRecipient, TooManyRefusals
+from newsletter.sending.run import SendOptions, run_send
 from tests.helpers import add_subscribers, database, deliveries, many, settings_for
 from tests.smtpserver import SMTPServer
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from newsletter.errors import SenderRejected, TransportError
+from newsletter.mail.transport import SMTPTransport
 from newsletter.models import DeliveryStatus, SubscriberStatus
-from newsletter.send import SendOptions, run_send
-from newsletter.transport import SMTPTransport
+from newsletter.sending.run import SendOptions, run_send
 from tests.helpers import (
     add_subscribers,
     database,
@@ -234,7 +234,7 @@ def test_wrong_password_is_a_clear_error(tmp_path: Path, make_smtp_server, monke
 def test_slow_final_reply_times_out_as_unknown(make_smtp_server) -> None:  # type: ignore[no-untyped-def]
     server = make_smtp_server(data_delay=2.0)
     from newsletter.config import parse_smtp_url
-    from newsletter.transport import ConnectionLost
+    from newsletter.mail.transport import ConnectionLost
 
     transport = SMTPTransport(parse_smtp_url(server.url), timeout=0.5, final_reply_timeout=0.5)
     with pytest.raises(ConnectionLost) as lost:

@@ -36,9 +36,9 @@ import pytest
 from helpers import add_subscribers, database, settings_for
 from smtpserver import SMTPServer
 
-from newsletter.render import CONTENT_LIMITS, SUMMARY_LIMITS, render_issue
-from newsletter.send import SendOptions, run_send
-from newsletter.signup import request_signup
+from newsletter.issues.render import CONTENT_LIMITS, SUMMARY_LIMITS, render_issue
+from newsletter.sending.run import SendOptions, run_send
+from newsletter.subscribers.signup import request_signup
 
 pytestmark = pytest.mark.slow
 

@@ -10,12 +10,12 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import select
 
-from newsletter.addresses import email_hash
 from newsletter.db import open_database, read_session, write_session
 from newsletter.errors import SubscriberError
-from newsletter.importer import import_contacts
+from newsletter.mail.addresses import email_hash
 from newsletter.models import Delivery, Issue, Subscriber, SubscriberStatus, Suppression
-from newsletter.subscribers import (
+from newsletter.subscribers.importer import import_contacts
+from newsletter.subscribers.manage import (
     EXPORT_COLUMNS,
     AddResult,
     add_subscriber,
@@ -242,7 +242,7 @@ def test_forget_erases_row_and_deliveries_and_suppresses(engine: Engine, tmp_pat
 
 def test_signup_stores_the_decoded_cleaned_name(engine: Engine, tmp_path: Path) -> None:
     """Issue 11.11: web signups go through the same clean_name as import and add."""
-    from newsletter.signup import request_signup
+    from newsletter.subscribers.signup import request_signup
 
     settings = settings_for(tmp_path)
     raw = "=?utf-8?q?Ana=0D=0ABcc:_eve@example.org?="

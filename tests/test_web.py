@@ -20,18 +20,18 @@ from smtpserver import SMTPServer
 from sqlalchemy.engine import Engine
 from webserver import WebServer
 
-from newsletter.addresses import email_hash
 from newsletter.config import Settings
 from newsletter.db import write_session
+from newsletter.mail.addresses import email_hash
+from newsletter.mail.transport import MemoryTransport
 from newsletter.models import (
     Subscriber,
     SubscriberStatus,
     Suppression,
     utcnow,
 )
-from newsletter.send import SendOptions, run_send
-from newsletter.transport import MemoryTransport
-from newsletter.web import create_app
+from newsletter.sending.run import SendOptions, run_send
+from newsletter.web.app import create_app
 
 GMAIL_ONE_CLICK = {"Content-Type": "application/x-www-form-urlencoded"}
 CONFIRM_LINK = re.compile(r"https?://[^\s\"<>]+/confirm/([A-Za-z0-9_-]+)")

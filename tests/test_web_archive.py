@@ -16,10 +16,10 @@ from test_web import Site, start_site
 from webserver import WebServer
 
 from newsletter.db import write_session
+from newsletter.issues.render import UNSUBSCRIBE_URL
+from newsletter.mail.transport import MemoryTransport
 from newsletter.models import Delivery, DeliveryStatus, Issue, IssueStatus, Subscriber
-from newsletter.render import UNSUBSCRIBE_URL
-from newsletter.send import SendOptions, run_send
-from newsletter.transport import MemoryTransport
+from newsletter.sending.run import SendOptions, run_send
 
 pytestmark = pytest.mark.usefixtures("db_backend")
 

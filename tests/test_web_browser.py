@@ -19,8 +19,8 @@ from sqlalchemy.engine import Engine
 from webserver import WebServer
 
 from newsletter.config import Settings
-from newsletter.send import SendOptions, run_send
-from newsletter.web import create_app
+from newsletter.sending.run import SendOptions, run_send
+from newsletter.web.app import create_app
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page

@@ -25,9 +25,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 
+from newsletter.mail.transport import MemoryTransport
 from newsletter.models import SubscriberStatus
-from newsletter.transport import MemoryTransport
-from newsletter.web import create_app
+from newsletter.web.app import create_app
 
 # api_route(GET, HEAD) gives both methods one operation id: harmless for a schema we only read
 pytestmark = pytest.mark.filterwarnings("ignore:Duplicate Operation ID:UserWarning")

@@ -21,10 +21,10 @@ from webserver import WebServer
 
 from newsletter.config import load_settings
 from newsletter.db import write_session
-from newsletter.dkim import GeneratedKey, generate_key
 from newsletter.errors import ConfigError, TokenError
+from newsletter.mail.dkim import GeneratedKey, generate_key
 from newsletter.models import Subscriber, SubscriberStatus, utcnow
-from newsletter.signup import (
+from newsletter.subscribers.signup import (
     CONFIRM_TTL,
     ConfirmOutcome,
     SignupOutcome,

@@ -20,7 +20,7 @@ from typing import Any
 
 import uvicorn
 
-from newsletter.web import log_config
+from newsletter.web.app import log_config
 
 
 class WebServer:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
+from newsletter.bounces.mailbox import DEFAULT_FOLDER, fetch_imap, import_path
 from newsletter.cli.app import App, main, pass_app
-from newsletter.mailbox import DEFAULT_FOLDER, fetch_imap, import_path
 
 
 @main.group()

@@ -15,11 +15,11 @@ from typing import TextIO
 import click
 
 from newsletter.cli.app import App, main, pass_app
-from newsletter.csvformats import estimate_rows
 from newsletter.errors import SubscriberError as ExportError
-from newsletter.importer import CHECKING, WRITING, import_contacts
 from newsletter.models import SubscriberStatus
-from newsletter.subscribers import (
+from newsletter.subscribers.csvformats import estimate_rows
+from newsletter.subscribers.importer import CHECKING, WRITING, import_contacts
+from newsletter.subscribers.manage import (
     add_subscriber,
     export_csv,
     forget_subscriber,

@@ -13,8 +13,8 @@ from pathlib import Path
 import click
 
 from newsletter.cli.app import App, main, pass_app
-from newsletter.dkim import KEY_BITS, generate_key
 from newsletter.errors import ConfigError
+from newsletter.mail.dkim import KEY_BITS, generate_key
 
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
 _SELECTOR = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")

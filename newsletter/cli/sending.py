@@ -11,11 +11,11 @@ from pathlib import Path
 import click
 
 from newsletter.cli.app import App, main, pass_app
+from newsletter.mail.transport import describe_destination
 from newsletter.models import DeliveryStatus
-from newsletter.send import SendOptions, SendResult, check_settings, run_send
-from newsletter.sendissue import IssueResult
+from newsletter.sending.deliver import IssueResult
+from newsletter.sending.run import SendOptions, SendResult, check_settings, run_send
 from newsletter.status import status_report
-from newsletter.transport import describe_destination
 
 
 @contextmanager
@@ -154,7 +154,7 @@ def send(
 ) -> None:
     """Send the feed's new stories to every active subscriber."""
     if to is not None:
-        from newsletter.addresses import normalise_address
+        from newsletter.mail.addresses import normalise_address
 
         to = normalise_address(to).email
     options = SendOptions(

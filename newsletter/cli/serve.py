@@ -130,7 +130,7 @@ def serve(app: App, host: str, port: int, header_timeout: float) -> None:
     """
     import uvicorn
 
-    from newsletter.web import create_app, log_config
+    from newsletter.web.app import create_app, log_config
 
     app.settings.require("from_address")  # before the port and the database
     sock = bind(host, port)

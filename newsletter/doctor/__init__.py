@@ -36,7 +36,7 @@ from newsletter.doctor.local import (
 from newsletter.doctor.report import Check, DoctorReport, Status
 from newsletter.doctor.smtp import check_smtp
 from newsletter.errors import ConfigError
-from newsletter.verp import envelope_sender
+from newsletter.mail.verp import envelope_sender
 
 __all__ = [
     "Check",

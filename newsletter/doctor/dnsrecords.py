@@ -23,9 +23,9 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from publicsuffixlist import PublicSuffixList
 
 from newsletter.config import Settings
-from newsletter.dkim import GeneratedKey, load_key, public_key_b64
 from newsletter.doctor.report import Check, Status
 from newsletter.errors import ConfigError
+from newsletter.mail.dkim import GeneratedKey, load_key, public_key_b64
 
 DNS_TIMEOUT = 2.0  # seconds per server and try
 DNS_LIFETIME = 4.0  # seconds per lookup, all tries included

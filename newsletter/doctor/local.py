@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 from newsletter.config import ENV_NAMES, Settings, load_settings, read_environment
 from newsletter.doctor.report import Check, Status
 from newsletter.errors import ConfigError
-from newsletter.verp import check_verp_settings
+from newsletter.mail.verp import check_verp_settings
 
 REQUIRED = {"send": ("feed_url", "from_address", "postal_address"), "serve": ("from_address",)}
 _ENV_PREFIX = re.compile(r"^(NEWSLETTER_[A-Z0-9_]+)")

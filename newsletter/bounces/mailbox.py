@@ -1,7 +1,7 @@
 """Where bounce reports are read from: an mbox file, a Maildir folder, or IMAP over TLS.
 
 Each source yields `(key, source label, raw bytes)`; the bounce processor
-(newsletter.bounces) commits a batch and then hands back the keys it recorded.
+(newsletter.bounces.record) commits a batch and then hands back the keys it recorded.
 Local files are only read (re-reading them is harmless: reports are stored
 once). On IMAP, recorded messages are moved to a "Processed" folder after
 their batch is committed, never before, and never deleted: mail that is no
@@ -25,7 +25,7 @@ from urllib.parse import unquote, urlsplit
 
 from sqlalchemy.engine import Engine
 
-from newsletter.bounces import MAX_MESSAGE_BYTES, BounceReport, TooLarge, process_messages
+from newsletter.bounces.record import MAX_MESSAGE_BYTES, BounceReport, TooLarge, process_messages
 from newsletter.config import Secret, Settings
 from newsletter.errors import ConfigError, ImportFileError
 

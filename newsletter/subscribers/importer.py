@@ -39,16 +39,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import col
 
-from newsletter.addresses import AddressError, clean_name, email_hash, normalise_address
-from newsletter.csvformats import (
-    Contact,
-    ContactsFile,
-    estimate_rows,
-    neutralise_cell,
-    read_contact,
-)
 from newsletter.db import write_session
 from newsletter.errors import NewsletterError
+from newsletter.mail.addresses import AddressError, clean_name, email_hash, normalise_address
 from newsletter.models import (
     Subscriber,
     SubscriberStatus,
@@ -56,7 +49,14 @@ from newsletter.models import (
     UTCDateTime,
     utcnow,
 )
-from newsletter.subscribers import new_token
+from newsletter.subscribers.csvformats import (
+    Contact,
+    ContactsFile,
+    estimate_rows,
+    neutralise_cell,
+    read_contact,
+)
+from newsletter.subscribers.manage import new_token
 
 BATCH = 1000  # rows per write transaction: ~10-30 ms of write lock each
 CHECKING = "checking"

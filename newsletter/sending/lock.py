@@ -23,10 +23,10 @@ from datetime import timedelta
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from newsletter.claims import pid_alive, pid_space
 from newsletter.db import write_session
 from newsletter.errors import SendInProgress
 from newsletter.models import SendLock, utcnow
+from newsletter.sending.claims import pid_alive, pid_space
 
 LOCK_NAME = "send"
 LEASE = timedelta(seconds=90)

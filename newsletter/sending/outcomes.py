@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from newsletter.errors import SenderRejected
-from newsletter.transport import Reply
+from newsletter.mail.transport import Reply
 
 _ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
 

@@ -21,19 +21,18 @@ from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
-from newsletter import issues as issue_store
-from newsletter.claims import shared_sends
 from newsletter.config import Settings
-from newsletter.delivery import Limiter, recover
-from newsletter.dkim import load_key
 from newsletter.errors import FeedError, LoginRefused, NewsletterError, TransportError
-from newsletter.feed import Feed, FeedStory, FetchResult, fetch_feed, parse_feed
-from newsletter.heartbeat import WorkerRegistry
-from newsletter.message import MessageTemplate, message_date
+from newsletter.issues import create as issue_store
+from newsletter.issues.feed import Feed, FeedStory, FetchResult, fetch_feed, parse_feed
+from newsletter.issues.render import fill_unsubscribe
+from newsletter.mail.dkim import load_key
+from newsletter.mail.message import MessageTemplate, message_date
+from newsletter.mail.transport import TransportFactory, transport_factory
+from newsletter.mail.verp import check_verp_settings, envelope_sender
 from newsletter.models import Issue, Story
-from newsletter.ratebudget import SharedRateLimiter
-from newsletter.render import fill_unsubscribe
-from newsletter.sendissue import (
+from newsletter.sending.claims import shared_sends
+from newsletter.sending.deliver import (
     IssueResult,
     ProgressFactory,
     _no_progress,
@@ -41,9 +40,10 @@ from newsletter.sendissue import (
     policy_from,
     reopen,
 )
-from newsletter.sendlock import SendLockHolder, creation_lock
-from newsletter.transport import TransportFactory, transport_factory
-from newsletter.verp import check_verp_settings, envelope_sender
+from newsletter.sending.dispatch import Limiter, recover
+from newsletter.sending.lock import SendLockHolder, creation_lock
+from newsletter.sending.pacing import SharedRateLimiter
+from newsletter.sending.registry import WorkerRegistry
 
 __all__ = ["IssueResult", "SendOptions", "SendResult", "deliver", "policy_from", "run_send"]
 

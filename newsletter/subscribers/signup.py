@@ -48,14 +48,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from newsletter.addresses import clean_name, email_hash, normalise_address
 from newsletter.config import Settings
-from newsletter.confirmation import build_confirmation
 from newsletter.db import read_session, write_session
 from newsletter.errors import NewsletterError, TokenError
+from newsletter.mail.addresses import clean_name, email_hash, normalise_address
+from newsletter.mail.transport import ConnectionLost, Reply, TransportFactory, transport_factory
 from newsletter.models import Subscriber, SubscriberStatus, Suppression, utcnow
-from newsletter.subscribers import new_token
-from newsletter.transport import ConnectionLost, Reply, TransportFactory, transport_factory
+from newsletter.subscribers.confirmation import build_confirmation
+from newsletter.subscribers.manage import new_token
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from newsletter.bookkeeping import Recipient
 from newsletter.models import Delivery, DeliveryStatus, SendWorker, utcnow
+from newsletter.sending.ledger import Recipient
 
 D = Delivery.__table__
 W = SendWorker.__table__

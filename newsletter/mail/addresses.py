@@ -29,9 +29,9 @@ try:  # not public API (hence email-validator<3 in pyproject.toml); say what mov
     from email_validator.syntax import DOT_ATOM_TEXT, validate_email_domain_name
 except ImportError as exc:  # pragma: no cover - only with an email-validator that moved them
     raise ImportError(
-        "newsletter.addresses needs email_validator.syntax.DOT_ATOM_TEXT and "
+        "newsletter.mail.addresses needs email_validator.syntax.DOT_ATOM_TEXT and "
         f"validate_email_domain_name, which this email-validator no longer has ({exc}); "
-        "adapt the fast path in newsletter/addresses.py"
+        "adapt the fast path in newsletter/mail/addresses.py"
     ) from exc
 
 from newsletter.errors import SubscriberError

@@ -40,14 +40,17 @@ from sqlalchemy.engine import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from newsletter.addresses import AddressError
 from newsletter.config import Settings
-from newsletter.confirmation import CONFIRM_BUTTON
 from newsletter.db import open_database
-from newsletter.dkim import load_key
 from newsletter.errors import NewsletterError, SubscriberError, TokenError, TransportError
+from newsletter.issues.templating import render_template
+from newsletter.mail.addresses import AddressError
+from newsletter.mail.dkim import load_key
+from newsletter.mail.transport import TransportFactory
 from newsletter.models import SubscriberStatus
-from newsletter.signup import (
+from newsletter.subscribers.confirmation import CONFIRM_BUTTON
+from newsletter.subscribers.manage import unsubscribe_by_token
+from newsletter.subscribers.signup import (
     CONFIRM_TTL,
     ConfirmationWorker,
     ConfirmOutcome,
@@ -60,10 +63,7 @@ from newsletter.signup import (
     request_signup,
     unsubscribe_status,
 )
-from newsletter.subscribers import unsubscribe_by_token
-from newsletter.templating import render_template
-from newsletter.transport import TransportFactory
-from newsletter.web_archive import archive_router
+from newsletter.web.archive import archive_router
 
 log = logging.getLogger(__name__)
 

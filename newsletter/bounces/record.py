@@ -43,10 +43,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from newsletter.addresses import AddressError, normalise_address
+from newsletter.bounces.dsn import Finding, ParsedReport, UnreadableReport, parse_report
 from newsletter.config import Settings
 from newsletter.db import read_session, write_session
-from newsletter.dsn import Finding, ParsedReport, UnreadableReport, parse_report
+from newsletter.mail.addresses import AddressError, normalise_address
+from newsletter.mail.verp import decode_token, find_token
 from newsletter.models import (
     BounceEvent,
     BounceKind,
@@ -55,7 +56,6 @@ from newsletter.models import (
     SubscriberStatus,
     utcnow,
 )
-from newsletter.verp import decode_token, find_token
 
 SOFT_LIMIT = 3
 SOFT_WINDOW = timedelta(days=30)

@@ -13,7 +13,7 @@ Deliveries left `sending` by a crashed run become `unknown` (see `recover`),
 never `pending`: the server may have them.
 
 Two guards stop a run that is going wrong: the circuit breaker of
-newsletter.outcomes (the permanent refusals of the start of a run are held
+newsletter.sending.outcomes (the permanent refusals of the start of a run are held
 back, unsuppressed, until it has decided), and SILENT_LIMIT messages in a row
 that the server took but never answered.
 """
@@ -32,14 +32,14 @@ from typing import Protocol
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from newsletter.bookkeeping import REQUEUE, Bookkeeper, Finished, Recipient
-from newsletter.claims import reap, shared_sends
 from newsletter.errors import NewsletterError, TransportError
-from newsletter.message import MessageTemplate, message_date
+from newsletter.mail.message import MessageTemplate, message_date
+from newsletter.mail.transport import Reply, TransportFactory
 from newsletter.models import Delivery, DeliveryStatus, Subscriber, utcnow
-from newsletter.outcomes import Breaker, Outcome, classify, sender_error
-from newsletter.transport import Reply, TransportFactory
-from newsletter.workers import Worker
+from newsletter.sending.claims import reap, shared_sends
+from newsletter.sending.connections import Worker
+from newsletter.sending.ledger import REQUEUE, Bookkeeper, Finished, Recipient
+from newsletter.sending.outcomes import Breaker, Outcome, classify, sender_error
 
 D = Delivery.__table__
 S = Subscriber.__table__

@@ -29,9 +29,9 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from newsletter.errors import TransportError
-from newsletter.message import MessageTemplate
-from newsletter.transport import BaseTransport, ConnectionLost, Reply, TransportFactory
-from newsletter.verp import envelope_sender
+from newsletter.mail.message import MessageTemplate
+from newsletter.mail.transport import BaseTransport, ConnectionLost, Reply, TransportFactory
+from newsletter.mail.verp import envelope_sender
 
 #: Pauses before reconnecting after a 421 or a connection lost before the body.
 RECONNECT_DELAYS = (0.5, 2.0, 5.0)

@@ -4,7 +4,7 @@ Only the address (which must be ours to write to) and the list's own words go
 into it: echoing a visitor's name would let bots use the signup form to mail
 their text to strangers (listmonk #1133), so `To:` is the bare address.
 
-It goes through the issue email's own path (`newsletter.message.MessageTemplate`):
+It goes through the issue email's own path (`newsletter.mail.message.MessageTemplate`):
 the same header set (List-Id, one-click List-Unsubscribe, Precedence, Date,
 a Message-ID on the From domain), the same CRLF serialisation and, when DKIM
 is configured, the same signature with the list headers signed. It is styled
@@ -15,10 +15,10 @@ newsletter it announces.
 from __future__ import annotations
 
 from newsletter.config import Settings
-from newsletter.htmltext import cap_line_length
-from newsletter.message import MessageTemplate, message_date, unsubscribe_url
-from newsletter.render import inline_css
-from newsletter.templating import render_template
+from newsletter.issues.htmltext import cap_line_length
+from newsletter.issues.render import inline_css
+from newsletter.issues.templating import render_template
+from newsletter.mail.message import MessageTemplate, message_date, unsubscribe_url
 
 #: The words on the confirm page's button; the email names the same words.
 CONFIRM_BUTTON = "Confirm my subscription"

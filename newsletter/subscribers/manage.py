@@ -18,11 +18,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from newsletter.addresses import clean_name, email_hash, normalise_address
-from newsletter.csvformats import neutralise_cell
 from newsletter.db import read_session, write_session
 from newsletter.errors import SubscriberError
+from newsletter.mail.addresses import clean_name, email_hash, normalise_address
 from newsletter.models import Delivery, Subscriber, SubscriberStatus, Suppression, utcnow
+from newsletter.subscribers.csvformats import neutralise_cell
 
 EXPORT_COLUMNS = (
     "email",

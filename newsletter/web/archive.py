@@ -4,7 +4,7 @@ Each email links here ("View in your browser"), so an issue appears as soon as
 its first copy has been delivered, not only when the whole send is finished.
 
 An issue page is not the email: it renders the issue's stories (the same
-words the email showed, through `newsletter.render`) in the site's own page
+words the email showed, through `newsletter.issues.render`) in the site's own page
 layout (`web/issue.html` extends `web/base.html`), with links under today's
 NEWSLETTER_BASE_URL. So a visitor never sees "View in your browser" or "You
 are receiving this because you subscribed", and nobody's unsubscribe token can
@@ -26,11 +26,11 @@ from sqlmodel import col
 from newsletter.config import Settings
 from newsletter.db import read_session
 from newsletter.errors import TokenError
+from newsletter.issues.render import StoryView, _story_view, newest_first
 from newsletter.models import Delivery, DeliveryStatus, Issue, IssueStatus, Story
-from newsletter.render import StoryView, _story_view, newest_first
 
 if TYPE_CHECKING:
-    from newsletter.web import Pages
+    from newsletter.web.app import Pages
 
 #: Our page layout plus the stories' remote images (feed HTML is sanitised upstream).
 ARCHIVE_CSP = (

@@ -1,6 +1,6 @@
 """Render an issue once: subject, HTML (CSS inlined) and text (no DB writes).
 
-CONTRACT (used by newsletter.issues and newsletter.message):
+CONTRACT (used by newsletter.issues.create and newsletter.mail.message):
 
     render_issue(stories, settings, *, issue_id, feed_title, feed_link) -> RenderedIssue
     split_placeholder(html) -> (placeholder, html)   # what message.py fills per subscriber
@@ -38,8 +38,8 @@ from premailer import Premailer
 
 from newsletter.config import Settings
 from newsletter.errors import TemplateError
-from newsletter.htmltext import cap_line_length, excerpt_html, html_to_text
-from newsletter.templating import render_template
+from newsletter.issues.htmltext import cap_line_length, excerpt_html, html_to_text
+from newsletter.issues.templating import render_template
 
 #: The fixed placeholder of issues frozen before per-issue placeholders (still sent so).
 UNSUBSCRIBE_URL = "%%UNSUBSCRIBE_URL%%"
@@ -67,7 +67,7 @@ class RenderedIssue:
 
 
 class StoryLike(Protocol):
-    """What a story must offer: newsletter.feed.FeedStory and newsletter.models.Story both do."""
+    """What a story must offer: issues.feed.FeedStory and models.Story both do."""
 
     title: str
     link: str | None
@@ -258,7 +258,7 @@ def _story_view(story: StoryLike) -> StoryView:
         date_iso=when.date().isoformat() if when else None,
         image_url=safe_url(story.image_url, schemes=("http", "https")),
         image_alt=" ".join((story.image_alt or "").split()),
-        summary_html=Markup(summary),  # noqa: S704 - sanitised by newsletter.feed
+        summary_html=Markup(summary),  # noqa: S704 - sanitised by newsletter.issues.feed
         summary_text=html_to_text(summary, TEXT_WIDTH),
     )
 

@@ -17,13 +17,13 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from newsletter.claims import Claims, shared_sends
 from newsletter.config import Settings
-from newsletter.delivery import Limiter, Policy, Report, Sender, due_recipients, is_due
-from newsletter.heartbeat import WorkerRegistry
-from newsletter.message import MessageTemplate
+from newsletter.mail.message import MessageTemplate
+from newsletter.mail.transport import TransportFactory
 from newsletter.models import Delivery, DeliveryStatus, Issue, IssueStatus, utcnow
-from newsletter.transport import TransportFactory
+from newsletter.sending.claims import Claims, shared_sends
+from newsletter.sending.dispatch import Limiter, Policy, Report, Sender, due_recipients, is_due
+from newsletter.sending.registry import WorkerRegistry
 
 D = Delivery.__table__
 ProgressFactory = Callable[[int, str], AbstractContextManager[Callable[[int], None]]]

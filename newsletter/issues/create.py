@@ -18,7 +18,8 @@ from sqlmodel import Session, col, func, select
 
 from newsletter.config import Settings
 from newsletter.db import read_session, write_session
-from newsletter.feed import Feed, FeedStory, FetchResult
+from newsletter.issues.feed import Feed, FeedStory, FetchResult
+from newsletter.issues.render import RenderedIssue, render_issue
 from newsletter.models import (
     Delivery,
     DeliveryStatus,
@@ -31,7 +32,6 @@ from newsletter.models import (
     SubscriberStatus,
     utcnow,
 )
-from newsletter.render import RenderedIssue, render_issue
 
 _OLDEST = datetime.min.replace(tzinfo=UTC)
 

@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from newsletter.errors import FeedError
-from newsletter.sanitize import (
+from newsletter.issues.sanitize import (
     clean_text,
     display_url,
     safe_url,

@@ -18,8 +18,8 @@ from contextlib import contextmanager
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from newsletter.claims import HEARTBEAT_SECONDS, LEASE, Claims, pid_space, renew
 from newsletter.models import SendWorker, utcnow
+from newsletter.sending.claims import HEARTBEAT_SECONDS, LEASE, Claims, pid_space, renew
 
 W = SendWorker.__table__
 

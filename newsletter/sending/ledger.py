@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection
 from newsletter.models import Delivery, DeliveryStatus, Subscriber, SubscriberStatus, utcnow
 
 if TYPE_CHECKING:
-    from newsletter.delivery import Policy
+    from newsletter.sending.dispatch import Policy
 
 D = Delivery.__table__
 S = Subscriber.__table__

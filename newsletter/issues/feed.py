@@ -2,7 +2,7 @@
 
     parse_feed(data: bytes, *, base_url: str | None = None) -> Feed
     load_feed(source, *, timeout=20.0) -> Feed    # fetch + parse, no conditional GET
-    fetch_feed(...) -> FetchResult                # from newsletter.fetch, re-exported
+    fetch_feed(...) -> FetchResult                # from newsletter.issues.fetch, re-exported
 
 Every failure is a one-line `FeedError`: a broken or missing feed must stop a
 send before anything is recorded, never clear what was sent before.
@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import feedparser
 
 from newsletter.errors import FeedError
-from newsletter.fetch import (  # noqa: F401 (fetch_feed and FetchResult re-exported)
+from newsletter.issues.fetch import (  # noqa: F401 (fetch_feed and FetchResult re-exported)
     _FEED_ROOTS,
     _HTML_HINT,
     DEFAULT_USER_AGENT,
@@ -31,7 +31,7 @@ from newsletter.fetch import (  # noqa: F401 (fetch_feed and FetchResult re-expo
     fetch_feed,
     html_page_hint,
 )
-from newsletter.sanitize import (
+from newsletter.issues.sanitize import (
     clean_html,
     clean_text,
     display_url,

@@ -9,7 +9,7 @@ Quoted-printable soft line breaks (`=` CRLF) are legal anywhere, so each
 segment is encoded on its own and joined with soft breaks: a placeholder can
 never be split across lines, whatever its position.
 
-With DKIM settings, each message is signed as sent (newsletter.dkim); the key
+With DKIM settings, each message is signed as sent (newsletter.mail.dkim); the key
 is loaded once per issue here, and the body is kept as shared "runs" joined by
 the per-reader URL so that the signer canonicalises the shared bytes once.
 """
@@ -27,9 +27,9 @@ from email.policy import SMTP
 from email.utils import format_datetime, formataddr, make_msgid
 
 from newsletter.config import Settings
-from newsletter.dkim import MessageSigner, load_key
-from newsletter.render import split_placeholder
-from newsletter.sanitize import clean_text
+from newsletter.issues.render import split_placeholder
+from newsletter.issues.sanitize import clean_text
+from newsletter.mail.dkim import MessageSigner, load_key
 
 CRLF = b"\r\n"
 SOFT_BREAK = b"=\r\n"

@@ -28,10 +28,11 @@ _AUTHOR_ERRORS = (jinja2.TemplateError, TypeError, ValueError, ArithmeticError, 
 
 def builtin_templates_dir() -> Path:
     """The shipped templates: inside the package in a wheel, the repo's top level otherwise."""
-    packaged = Path(__file__).parent / "templates"  # the wheel force-includes templates/ here
+    package = Path(__file__).resolve().parents[1]  # newsletter/
+    packaged = package / "templates"  # the wheel force-includes templates/ here
     if packaged.is_dir():
         return packaged
-    return Path(__file__).parent.parent / "templates"
+    return package.parent / "templates"
 
 
 def template_env(settings: Settings) -> jinja2.Environment:
