@@ -1,8 +1,9 @@
 """Shared fixtures: a real SMTP server, a real browser, and strict mode for CI.
 
-Helpers live beside this file and are imported as top-level modules (pytest
-puts tests/ on sys.path for a rootdir conftest): ``from smtpserver import
-SMTPServer`` and ``from browser import save_screenshot``.
+The tests are grouped like newsletter/ (tests/sending/, tests/web/, ...); the local
+servers they start and shared helpers live in tests/support/ and are imported as
+``from tests.support.smtpserver import SMTPServer``; fixture files live in tests/data/;
+packaging, migration, spam and accessibility tests in tests/system/.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from browser import CHROMIUM, LAUNCH_ARGS, save_screenshot, unavailable_reason
-from helpers import use_database
-from pgserver import POSTGRES_ENV, PostgresServer
-from pgserver import unavailable_reason as postgres_unavailable_reason
-from smtpserver import SMTPServer
+
+from tests.support.browser import CHROMIUM, LAUNCH_ARGS, save_screenshot, unavailable_reason
+from tests.support.helpers import use_database
+from tests.support.pgserver import POSTGRES_ENV, PostgresServer
+from tests.support.pgserver import unavailable_reason as postgres_unavailable_reason
+from tests.support.smtpserver import SMTPServer
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page

@@ -1,0 +1,145 @@
+"""Small builders shared by the send tests: settings, a database, subscribers."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from subprocess import CompletedProcess, Popen
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from newsletter.config import Settings, load_settings
+from newsletter.db import open_database, write_session
+from newsletter.models import Subscriber, SubscriberStatus
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+SAMPLE_FEED = EXAMPLES / "aasr-feed.xml"
+NEXT_FEED = EXAMPLES / "aasr-feed-next.xml"
+
+BASE_ENV = {
+    "NEWSLETTER_FROM": "AASR <news@endseclusion.org>",
+    "NEWSLETTER_POSTAL_ADDRESS": "AASR, PO Box 1234, Springfield, VA 22150, USA",
+    "NEWSLETTER_BASE_URL": "https://news.endseclusion.org",
+    "NEWSLETTER_RETRY_DELAYS": "0",
+}
+
+
+#: Set by the `db_backend` fixture (tests/conftest.py) while a test runs on PostgreSQL.
+#: An environment variable, not a global: this module is imported both as `helpers`
+#: and as `tests.support.helpers`, and the two copies must agree.
+TEST_DATABASE_ENV = "NLTEST_DATABASE_URL"
+
+
+def use_database(url: str | None) -> None:
+    """Route `settings_for` and `database_url` to `url` (None: a SQLite file per test)."""
+    if url is None:
+        os.environ.pop(TEST_DATABASE_ENV, None)
+    else:
+        os.environ[TEST_DATABASE_ENV] = url
+
+
+def database_url(tmp_path: Path, name: str = "subscribers.db") -> str:
+    """The test's database: the PostgreSQL one of `db_backend`, else a SQLite file in tmp_path."""
+    return os.environ.get(TEST_DATABASE_ENV) or f"sqlite:///{tmp_path / name}"
+
+
+def backend() -> str:
+    return "postgresql" if os.environ.get(TEST_DATABASE_ENV) else "sqlite"
+
+
+def settings_for(tmp_path: Path, **env: str) -> Settings:
+    """Settings for a test: the sample feed copied into tmp_path, the test's database."""
+    feed = tmp_path / "feed.xml"
+    if not feed.exists():
+        shutil.copy(SAMPLE_FEED, feed)
+    values = {
+        **BASE_ENV,
+        "NEWSLETTER_FEED_URL": str(feed),
+        "NEWSLETTER_DATABASE_URL": database_url(tmp_path),
+        "NEWSLETTER_OUTBOX": str(tmp_path / "outbox"),
+        **env,
+    }
+    return load_settings(environ=values, env_file=tmp_path / "no.env")
+
+
+def database(settings: Settings) -> Engine:
+    return open_database(settings.database_url)
+
+
+def add_subscribers(
+    engine: Engine, emails: list[str], *, status: str = SubscriberStatus.ACTIVE
+) -> None:
+    with write_session(engine) as session:
+        for address in emails:
+            session.add(
+                Subscriber(
+                    email=address,
+                    email_key=address.lower(),
+                    status=status,
+                    token=secrets.token_urlsafe(16),
+                )
+            )
+
+
+def many(n: int, domain: str = "example.org") -> list[str]:
+    return [f"reader{i:05d}@{domain}" for i in range(n)]
+
+
+def table_dump(engine: Engine) -> dict[str, list[tuple[object, ...]]]:
+    """Every row of every table, to show that a failed command changed nothing."""
+    out: dict[str, list[tuple[object, ...]]] = {}
+    with engine.connect() as conn:
+        for name in sa.inspect(conn).get_table_names():
+            out[name] = [tuple(r) for r in conn.execute(sa.text(f'SELECT * FROM "{name}"'))]
+    return out
+
+
+def deliveries(engine: Engine) -> dict[str, str]:
+    """email -> delivery status, over all issues (tests use one issue at a time)."""
+    query = sa.text(
+        "SELECT s.email, d.status FROM delivery d JOIN subscriber s ON s.id = d.subscriber_id"
+    )
+    with engine.connect() as conn:
+        return dict(conn.execute(query).all())
+
+
+def subscriber_status(engine: Engine, email: str) -> str:
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.text("SELECT status FROM subscriber WHERE email = :e"), {"e": email}
+        ).scalar_one()
+
+
+ROOT = EXAMPLES.parent
+
+
+def run_cli(cwd: Path, *args: str, timeout: float = 120, **env: str) -> CompletedProcess[str]:
+    """`python -m newsletter ARGS` as a user runs it: a real process, this checkout's code,
+    no NEWSLETTER_* settings from the outer environment but those given."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    environ.update(env, PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [sys.executable, "-m", "newsletter", *args],
+        cwd=cwd,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def start_send(site: Path, env: dict[str, str]) -> Popen[str]:
+    """A `newsletter send` running in the background (for kill -9 and overlap tests)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "newsletter", "send"],
+        cwd=site,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
