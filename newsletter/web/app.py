@@ -18,6 +18,10 @@ renders a page; every NewsletterError becomes a page in one place
   with Retry-After, which RFC 8058 senders honour, never a 500;
 - redirects are built from NEWSLETTER_BASE_URL, never from the request's Host.
 
+The pieces around the routes: pages.py renders the templates, archive.py
+serves /issues, throttle.py is the per-IP signup limiter, tokens.py masks
+tokens in the log.
+
     create_app(settings, *, engine=None, factory=None, ...) -> FastAPI
     log_config() -> dict            uvicorn logging with tokens masked
 """
@@ -26,11 +30,9 @@ from __future__ import annotations
 
 import copy
 import logging
-import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 from fastapi import FastAPI, Form, Request
@@ -54,9 +56,7 @@ from newsletter.subscribers.signup import (
     CONFIRM_TTL,
     ConfirmationWorker,
     ConfirmOutcome,
-    RateLimiter,
     SignupOutcome,
-    client_key,
     confirm_signup,
     confirmation_state,
     expire_pending,
@@ -64,6 +64,9 @@ from newsletter.subscribers.signup import (
     unsubscribe_status,
 )
 from newsletter.web.archive import archive_router
+from newsletter.web.pages import Pages
+from newsletter.web.throttle import RateLimiter, client_ip, client_key
+from newsletter.web.tokens import TokenMaskingFilter, is_token_path
 
 log = logging.getLogger(__name__)
 
@@ -75,33 +78,9 @@ _BASE_CSP = (
 PAGE_CSP = _BASE_CSP + "; frame-ancestors 'none'"
 #: The signup form may be embedded in the organisation's own site.
 FORM_CSP = _BASE_CSP + "; frame-ancestors *"
-_TOKEN_PATH = re.compile(r"/(unsubscribe|confirm)/[^/?#\s\"]+")
 ONE_CLICK = "one-click"  # RFC 8058 body List-Unsubscribe=One-Click
 PAGE = "page"  # the button on our unsubscribe page
 DB_RETRY_AFTER = 60  # seconds, for a write refused because the database is busy
-
-
-def mask_tokens(text: str) -> str:
-    """Replace every unsubscribe/confirm token in `text` by '***'."""
-    return _TOKEN_PATH.sub(lambda m: f"/{m.group(1)}/***", text)
-
-
-def is_token_path(path: str) -> bool:
-    return _TOKEN_PATH.search(path) is not None or path.rstrip("/") in (
-        "/unsubscribe",
-        "/confirm",
-    )
-
-
-class TokenMaskingFilter(logging.Filter):
-    """Masks tokens in uvicorn's access log lines (their path is the 3rd argument)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(mask_tokens(a) if isinstance(a, str) else a for a in record.args)
-        elif isinstance(record.msg, str):
-            record.msg = mask_tokens(record.msg)
-        return True
 
 
 def log_config() -> dict[str, Any]:
@@ -112,41 +91,6 @@ def log_config() -> dict[str, Any]:
     config.setdefault("filters", {})["mask_tokens"] = {"()": TokenMaskingFilter}
     config["loggers"]["uvicorn.access"]["filters"] = ["mask_tokens"]
     return config
-
-
-class Pages:
-    """Renders templates/web/* with what every page needs (list name, URL root)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.root = urlsplit(settings.base_url).path.rstrip("/")
-
-    def render(
-        self, template: str, status: int = 200, /, *, noindex: bool = True, **context: Any
-    ) -> HTMLResponse:
-        base = {
-            "list_title": self.settings.list_title,
-            "postal_address": self.settings.postal_address or "",
-            "root": self.root,
-            "noindex": noindex,
-        }
-        html = render_template(self.settings, f"web/{template}", {**base, **context})
-        return HTMLResponse(html, status_code=status)
-
-    def not_found(self) -> HTMLResponse:
-        return self.render("not_found.html", 404)
-
-    def error(self, status: int, heading: str, message: str) -> HTMLResponse:
-        return self.render("error.html", status, heading=heading, message=message)
-
-    def subscribe_form(self, status: int = 200, **values: str) -> HTMLResponse:
-        context = {"email": "", "name": "", "error": None, **values}
-        return self.render("subscribe.html", status, noindex=False, **context)
-
-
-def client_ip(request: Request) -> str:
-    """The visitor's IP (uvicorn applies X-Forwarded-For from trusted proxies)."""
-    return request.client.host if request.client else "unknown"
 
 
 def _minutes(seconds: float) -> str:

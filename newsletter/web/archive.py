@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 from fastapi import APIRouter
@@ -28,9 +27,7 @@ from newsletter.db import read_session
 from newsletter.errors import TokenError
 from newsletter.issues.render import StoryView, _story_view, newest_first
 from newsletter.models import Delivery, DeliveryStatus, Issue, IssueStatus, Story
-
-if TYPE_CHECKING:
-    from newsletter.web.app import Pages
+from newsletter.web.pages import Pages
 
 #: Our page layout plus the stories' remote images (feed HTML is sanitised upstream).
 ARCHIVE_CSP = (

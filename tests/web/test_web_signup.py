@@ -25,13 +25,13 @@ from newsletter.subscribers.signup import (
     CONFIRM_TTL,
     ConfirmOutcome,
     SignupOutcome,
-    client_key,
     confirm_signup,
     confirmation_state,
     mailbox_key,
     request_signup,
     send_owed_confirmations,
 )
+from newsletter.web.throttle import client_key
 from tests.support.helpers import database, settings_for
 from tests.support.smtpserver import SMTPServer
 from tests.support.webserver import WebServer
