@@ -441,7 +441,7 @@ class _Writer:
         return new
 
 
-_Batch = _Writer  # the name tests/test_postgres_schema.py spies on (`_Batch._copy`)
+_Batch = _Writer  # the name tests/system/test_postgres_schema.py spies on (`_Batch._copy`)
 
 
 def _check(
