@@ -1,13 +1,16 @@
 """DKIM signing (RFC 6376, rsa-sha256, relaxed/relaxed), fast enough for bulk sends.
 
-dkimpy re-parses the key and canonicalises the whole message with regexes on
-every call (about 10 ms for a 30 KB message, 100 messages/s per core): far
-below what one SMTP connection pushes. Here the key is parsed once per issue
-and RSA runs in OpenSSL (`cryptography`); the message is built from byte
-segments that are the same for every reader ("runs") joined by one
-per-reader value (the unsubscribe URL), so the runs are canonicalised once
-and only the short per-reader values are canonicalised per message. dkimpy
-stays the reference: the tests verify every signature with it.
+dkimpy signs about 100-160 messages/s per core (6-10 ms for a 30 KB message):
+far below what one SMTP connection pushes. Profiled with cProfile (2048-bit
+key), 72-86% of that time is its RSA private-key operation, done in pure
+Python (the built-in `pow` on big integers); splitting and canonicalising the
+message with regexes takes 5-9%, re-parsing the PEM key on every call 3-4%.
+So the win is RSA in OpenSSL (`cryptography`), here; the key is also parsed
+once per issue (`load_key`), and the message is built from byte segments that
+are the same for every reader ("runs") joined by one per-reader value (the
+unsubscribe URL), so the runs are canonicalised once and only the short
+per-reader values per message. dkimpy stays the reference: the tests verify
+every signature with it.
 """
 
 from __future__ import annotations

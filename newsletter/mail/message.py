@@ -1,6 +1,7 @@
 """Build an issue's MIME message once, then fill it in per subscriber at the byte level.
 
-Building an `EmailMessage` per subscriber caps a send near 200 messages/s;
+Building an `EmailMessage` per subscriber caps a send at a few hundred
+messages/s (about 320/s for a 29 KB two-part message on a 2-core machine);
 here everything that is the same for every reader (headers, both bodies,
 their quoted-printable encoding) is encoded once, and each personal message
 is a join of precomputed byte segments plus a few short encoded values.

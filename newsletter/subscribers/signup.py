@@ -28,7 +28,8 @@ row with `confirm_used_at`, so following it again says "already confirmed"
 deleted lazily after the TTL; any other row only loses its token, so an old
 unsubscribe or bounce is never erased.
 
-The web edge calls these; nothing here imports FastAPI.
+The web edge calls these; nothing here imports FastAPI. The per-IP limit on
+signups is the edge's own (newsletter.web.throttle): only it knows the IP.
 """
 
 from __future__ import annotations
