@@ -1,1 +1,13 @@
-"""sending."""
+"""Delivery: an Issue's Delivery rows, sent over SMTP, crash-safe and resumable.
+
+Read top to bottom: run (the whole `newsletter send`) -> deliver (one issue)
+-> queue (due deliveries, recover, finish, reopen) -> dispatch (one pass over
+SMTP connections) -> ledger (the per-message writes); beside them claims and
+registry (several senders on PostgreSQL), lease (one liveness rule), lock
+(one sender on SQLite), pacing (rate limits), policy (the knobs), connections
+(the SMTP connection processes), work (the units handed around) and outcomes
+(what a reply means).
+
+May import: mail/, issues/ and the foundation. Never subscribers/, bounces/,
+doctor/ (siblings) or the edges.
+"""

@@ -1,1 +1,10 @@
-"""subscribers."""
+"""Contacts: who may be mailed, and every way in and out of the list.
+
+Owns subscribers one by one (manage: add, remove, unsubscribe, list, export,
+forget), web signup with double opt-in (signup) and its email (confirmation),
+and CSV imports (importer) with the formats of other tools (csvformats: a new
+export format is a column map there).
+
+May import: mail/, issues/ (the confirmation email goes the issue email's way)
+and the foundation. Never sending/, bounces/, doctor/ (siblings) or the edges.
+"""
