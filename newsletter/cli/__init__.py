@@ -1,4 +1,11 @@
-"""The command line: thin commands over the core services (the core never imports click)."""
+"""Edge: the `newsletter` command line (click); each command calls one core function and prints.
+
+Owns parsing options, printing results, and the one place where a
+NewsletterError becomes one line on stderr and exit 1 (app.py).
+
+May import: everything (web/ for `serve`, status, the services, mail/, issues/,
+the foundation). Nothing imports it, and nothing outside it imports click.
+"""
 
 # Command modules register themselves on `main` when imported.
 from newsletter.cli import bounces as _bounces  # noqa: E402,F401

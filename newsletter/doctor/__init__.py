@@ -9,6 +9,9 @@ resolver with short timeouts.
     local.py       settings, NEWSLETTER_BASE_URL, the outbox folder
     smtp.py        the SMTP probe
     dnsrecords.py  SPF, DKIM and DMARC of the From domain
+
+May import: mail/ (dkim, verp) and the foundation. Never sending/,
+subscribers/, bounces/ (siblings) or the edges.
 """
 
 from __future__ import annotations
