@@ -3,7 +3,7 @@
 Owns the MIME message (message), DKIM signing (dkim), the envelope sender with
 its signed VERP token (verp), address normal forms (addresses) and the
 transports that move bytes: SMTP, outbox folder, in memory (transport).
-A new transport goes in transport.py, behind `Transport.send/close`.
+A new transport is a `BaseTransport` in transport.py, picked by `transport_factory`.
 
 May import: issues/ (the rendered bodies and their placeholder) and the
 foundation. Never the services or the edges.
