@@ -4,7 +4,7 @@ Runs Postfix's `smtp-sink` on 127.0.0.1 (Debian package `postfix`; only the
 sink program, never the daemon) and sends the sample issue to N generated
 subscribers. Printed for each N:
 
-- newsletter send: messages/s (bookkeeping included: every message is
+- newsletter send: messages/s (the ledger's writes included: every message is
   recorded in SQLite before and after it is handed to the server) and the
   peak memory of the process;
 - bare smtplib: one connection, a loop pushing the same bytes, no database;
