@@ -4,7 +4,7 @@ Owns parsing options, printing results, and the one place where a
 NewsletterError becomes one line on stderr and exit 1 (app.py).
 
 May import: everything (web/ for `serve`, status, the services, mail/, issues/,
-the foundation). Nothing imports it, and nothing outside it imports click.
+the foundation). Only `python -m newsletter` imports it; nothing outside it imports click.
 """
 
 # Command modules register themselves on `main` when imported.
