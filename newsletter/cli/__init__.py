@@ -8,12 +8,12 @@ the foundation). Only `python -m newsletter` imports it; nothing outside it impo
 """
 
 # Command modules register themselves on `main` when imported.
-from newsletter.cli import bounces as _bounces  # noqa: E402,F401
-from newsletter.cli import contacts as _contacts  # noqa: E402,F401
-from newsletter.cli import dkim as _dkim  # noqa: E402,F401
-from newsletter.cli import doctor as _doctor  # noqa: E402,F401
-from newsletter.cli import sending as _sending  # noqa: E402,F401
-from newsletter.cli import serve as _serve  # noqa: E402,F401
+from newsletter.cli import bounces as _bounces  # noqa: F401
+from newsletter.cli import contacts as _contacts  # noqa: F401
+from newsletter.cli import dkim as _dkim  # noqa: F401
+from newsletter.cli import doctor as _doctor  # noqa: F401
+from newsletter.cli import sending as _sending  # noqa: F401
+from newsletter.cli import serve as _serve  # noqa: F401
 from newsletter.cli.app import main
 
 __all__ = ["main"]

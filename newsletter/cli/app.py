@@ -1,5 +1,10 @@
 """What every command shares: settings loaded once, the database opened lazily,
-and the single place where a NewsletterError becomes a message and exit code 1."""
+and the single place where a NewsletterError becomes a message and exit code 1.
+
+Imports only click and the error classes at the top: `newsletter --help` and every
+`newsletter COMMAND --help` pass through here, and must not pay for SQLAlchemy,
+Alembic or the settings parser (tests/cli/test_startup.py checks it).
+"""
 
 from __future__ import annotations
 
@@ -7,14 +12,16 @@ import sys
 from collections.abc import Callable
 from functools import cached_property, update_wrapper
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from sqlalchemy.engine import Engine
 
-from newsletter.config import Settings, describe_env_file, load_settings
-from newsletter.db import open_database, scratch_database, sqlite_file
 from newsletter.errors import DatabaseMissing, MissingSettings, NewsletterError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from newsletter.config import Settings
 
 #: The commands that add people: only they may create a SQLite database. Any other
 #: command given a file that is not there was run from the wrong folder (cron) or
@@ -32,6 +39,8 @@ class App:
     @cached_property
     def engine(self) -> Engine:
         """The database, migrated; created only by the commands of CREATES_DATABASE."""
+        from newsletter.db import open_database, sqlite_file
+
         url = self.settings.database_url
         if self.command not in CREATES_DATABASE:
             path = sqlite_file(url)
@@ -43,6 +52,8 @@ class App:
         """For runs that record nothing (`send --preview/--to/--dry-run`): the database when
         it exists, else an empty in-memory one, so staff can try the look before any
         subscriber exists without a database file appearing."""
+        from newsletter.db import scratch_database, sqlite_file
+
         path = sqlite_file(self.settings.database_url)
         if path is not None and not path.exists():
             return scratch_database()
@@ -102,6 +113,8 @@ def error_line(exc: NewsletterError, command: str) -> str:
     .env file that was read (or that none was found in the working directory).
     """
     if isinstance(exc, MissingSettings):
+        from newsletter.config import describe_env_file
+
         plural = len(exc.names) > 1
         them = "them" if plural else "it"
         where = describe_env_file()
@@ -147,4 +160,6 @@ def main(ctx: click.Context) -> None:
     """Turn the site's new stories into one email to every subscriber."""
     if ctx.invoked_subcommand == "doctor":
         return  # doctor loads the settings itself: a malformed one is a FAIL line, not an exit
+    from newsletter.config import load_settings
+
     ctx.obj = App(load_settings())

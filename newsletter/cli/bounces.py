@@ -1,4 +1,7 @@
-"""`newsletter bounces import|fetch`: read bounce and complaint reports, apply the policy."""
+"""`newsletter bounces import|fetch`: read bounce and complaint reports, apply the policy.
+
+The mailbox code (and its mail parsing) is imported when a command runs, not for --help.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +9,11 @@ from pathlib import Path
 
 import click
 
-from newsletter.bounces.mailbox import DEFAULT_FOLDER, fetch_imap, import_path
 from newsletter.cli.app import App, main, pass_app
+
+#: `bounces.mailbox.DEFAULT_FOLDER`, spelt here so --help need not import the mailbox
+#: code (tests/cli/test_startup.py checks that the two agree).
+DEFAULT_FOLDER = "Processed"
 
 
 @main.group()
@@ -25,6 +31,8 @@ def import_command(app: App, path: Path) -> None:
     30 days; 5.7.x refusals are listed for you and suppress nobody. Reports
     already read are skipped, so importing the same mailbox again changes nothing.
     """
+    from newsletter.bounces.mailbox import import_path
+
     report = import_path(app.engine, app.settings, path)
     click.echo("\n".join(report.lines()))
 
@@ -42,5 +50,7 @@ def fetch_command(app: App, folder: str) -> None:
 
     Reports are moved to FOLDER once recorded; anything else stays for a person to read.
     """
+    from newsletter.bounces.mailbox import fetch_imap
+
     report = fetch_imap(app.engine, app.settings, folder=folder)
     click.echo("\n".join(report.lines()))

@@ -1,7 +1,8 @@
 """`newsletter import` and `newsletter subscribers ...`: thin commands over the core.
 
 Each command calls one core function and prints its result; errors are
-NewsletterErrors, turned into one line and exit 1 by the `main` group.
+NewsletterErrors, turned into one line and exit 1 by the `main` group. The core
+(SQLAlchemy, the models, the importer) is imported when a command runs, not for --help.
 """
 
 from __future__ import annotations
@@ -16,19 +17,12 @@ import click
 
 from newsletter.cli.app import App, main, pass_app
 from newsletter.errors import SubscriberError as ExportError
-from newsletter.models import SubscriberStatus
-from newsletter.subscribers.csvformats import estimate_rows
-from newsletter.subscribers.importer import CHECKING, WRITING, import_contacts
-from newsletter.subscribers.manage import (
-    add_subscriber,
-    export_csv,
-    forget_subscriber,
-    list_subscribers,
-    remove_subscriber,
-)
 
 PROGRESS_FROM_ROWS = 20_000  # smaller files finish before a bar is worth showing
-STAGE_LABELS = {CHECKING: "Checking", WRITING: "Writing"}
+
+#: `models.SubscriberStatus.ALL`, spelt here so `subscribers list --help` need not import
+#: the models (tests/cli/test_startup.py checks that the two agree).
+SUBSCRIBER_STATUSES = ("pending", "active", "unsubscribed", "bounced", "complained")
 
 
 def _duration(seconds: float) -> str:
@@ -81,7 +75,8 @@ class ImportProgress:
         ):
             return
         self.drawn = (now, done, total)
-        line = format_progress(STAGE_LABELS.get(stage, stage), done, total, now - self.started)
+        # the importer's stages are "checking" and "writing": shown as Checking, Writing
+        line = format_progress(stage.capitalize(), done, total, now - self.started)
         self.stream.write("\r" + line.ljust(self.width))
         self.width = len(line)
         self.stream.flush()
@@ -114,6 +109,9 @@ def import_command(
     written in small batches, so the web pages keep working during a large
     import. If it is stopped midway, run the same import again to finish it.
     """
+    from newsletter.subscribers.csvformats import estimate_rows
+    from newsletter.subscribers.importer import import_contacts
+
     engine = app.engine
     show = sys.stderr.isatty() and file.is_file() and estimate_rows(file) >= PROGRESS_FROM_ROWS
     bar = ImportProgress(sys.stderr) if show else None
@@ -138,6 +136,8 @@ def subscribers() -> None:
 @pass_app
 def add_command(app: App, email: str, name: str | None) -> None:
     """Add EMAIL as an active subscriber (never reactivates someone who left)."""
+    from newsletter.subscribers.manage import add_subscriber
+
     result = add_subscriber(app.engine, email, name)
     click.echo(result.message, err=not result.active)
 
@@ -147,14 +147,18 @@ def add_command(app: App, email: str, name: str | None) -> None:
 @pass_app
 def remove_command(app: App, email: str) -> None:
     """Unsubscribe EMAIL (the row is kept, so an import cannot bring them back)."""
+    from newsletter.subscribers.manage import remove_subscriber
+
     click.echo(remove_subscriber(app.engine, email).message)
 
 
 @subscribers.command("list")
-@click.option("--status", type=click.Choice(SubscriberStatus.ALL), help="Only this status.")
+@click.option("--status", type=click.Choice(SUBSCRIBER_STATUSES), help="Only this status.")
 @pass_app
 def list_command(app: App, status: str | None) -> None:
     """List subscribers: email, status, name (tab-separated)."""
+    from newsletter.subscribers.manage import list_subscribers
+
     for sub in list_subscribers(app.engine, status):
         click.echo(f"{sub.email}\t{sub.status}\t{sub.name or ''}")
 
@@ -164,6 +168,8 @@ def list_command(app: App, status: str | None) -> None:
 @pass_app
 def export_command(app: App, file: Path | None) -> None:
     """Export every subscriber as CSV to FILE (standard output by default)."""
+    from newsletter.subscribers.manage import export_csv
+
     if file is None:
         count = export_csv(app.engine, sys.stdout)
         click.echo(f"Exported {count} subscribers.", err=True)
@@ -186,6 +192,8 @@ def export_command(app: App, file: Path | None) -> None:
 @pass_app
 def forget_command(app: App, email: str, yes: bool) -> None:
     """Erase EMAIL's personal data (GDPR); only a hash stays so it is never mailed again."""
+    from newsletter.subscribers.manage import forget_subscriber
+
     if not yes:
         click.confirm(f"Erase {email} and its delivery history for good?", abort=True)
     click.echo(forget_subscriber(app.engine, email).message)

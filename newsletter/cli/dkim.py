@@ -14,7 +14,6 @@ import click
 
 from newsletter.cli.app import App, main, pass_app
 from newsletter.errors import ConfigError
-from newsletter.mail.dkim import KEY_BITS, generate_key
 
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
 _SELECTOR = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
@@ -49,6 +48,8 @@ def keygen(app: App, selector: str | None, out: Path | None, domain: str | None)
 
     Without NEWSLETTER_FROM, pass --domain.
     """
+    from newsletter.mail.dkim import KEY_BITS, generate_key  # cryptography: only when run
+
     settings = app.settings
     selector = selector or settings.dkim_selector or f"news{datetime.now(UTC):%Y%m}"
     if domain is None:

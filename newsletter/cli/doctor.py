@@ -1,21 +1,30 @@
-"""`newsletter doctor`: prints the checks of `newsletter.doctor.run_doctor`, one per line."""
+"""`newsletter doctor`: prints the checks of `newsletter.doctor.run_doctor`, one per line.
+
+`newsletter.doctor` (dnspython, the SMTP client) is imported when the command runs.
+"""
 
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from newsletter.cli.app import main
-from newsletter.doctor import Check, Status, load_settings_leniently, parse_dns_server, run_doctor
 from newsletter.errors import ConfigError
 
-_COLOURS = {Status.OK: "green", Status.WARN: "yellow", Status.FAIL: "red"}
+if TYPE_CHECKING:
+    from newsletter.doctor import Check
+
+#: Colour per check status, keyed by `newsletter.doctor.Status` values.
+_COLOURS = {"OK": "green", "WARN": "yellow", "FAIL": "red"}
 
 
 def _dns_server(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """Validate HOST:PORT early, as a usage error (exit 2)."""
     if value:
+        from newsletter.doctor import parse_dns_server
+
         try:
             parse_dns_server(value)
         except ConfigError as exc:
@@ -44,11 +53,13 @@ def doctor(dns_server: str | None) -> None:
     Sends nothing. One line per check: OK, WARN or FAIL with a hint; the exit
     code is 1 when any check FAILs, else 0.
     """
+    from newsletter.doctor import Status, load_settings_leniently, run_doctor
+
     # loaded here, not taken from App: a malformed setting is a FAIL line, not an abort
     settings, errors = load_settings_leniently()
     report = run_doctor(settings, config_errors=errors, dns_server=dns_server)
     for check in report.checks:
-        click.secho(_line(check), fg=_COLOURS[check.status])
+        click.secho(_line(check), fg=_COLOURS[check.status.value])
     counts = ", ".join(f"{report.count(s)} {s.value}" for s in Status)
     click.echo(f"doctor: {counts}; nothing was sent.")
     sys.exit(0 if report.ok else 1)

@@ -1,4 +1,8 @@
-"""`newsletter send` and `newsletter status`: thin wrappers that print core results."""
+"""`newsletter send` and `newsletter status`: thin wrappers that print core results.
+
+The core is imported when a command runs: `status` loads only the report and the
+database, never the send path; --help loads neither.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +11,15 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from newsletter.cli.app import App, main, pass_app
-from newsletter.mail.transport import describe_destination
-from newsletter.models import DeliveryStatus
-from newsletter.sending.deliver import IssueResult
-from newsletter.sending.run import SendOptions, SendResult, check_settings, run_send
-from newsletter.status import status_report
+
+if TYPE_CHECKING:
+    from newsletter.sending.deliver import IssueResult
+    from newsletter.sending.run import SendOptions, SendResult
 
 
 @contextmanager
@@ -88,6 +92,8 @@ def _headline(done: IssueResult) -> str:
 
 
 def _print_result(app: App, result: SendResult, options: SendOptions) -> None:
+    from newsletter.mail.transport import describe_destination
+
     if options.dry_run or options.preview or options.to:
         if result.stories:
             if result.latest:
@@ -153,6 +159,8 @@ def send(
     retry_failed: bool,
 ) -> None:
     """Send the feed's new stories to every active subscriber."""
+    from newsletter.sending.run import SendOptions, check_settings, run_send
+
     if to is not None:
         from newsletter.mail.addresses import normalise_address
 
@@ -181,6 +189,9 @@ def send(
 @pass_app
 def status(app: App, limit: int) -> None:
     """Subscribers by status, and the last issues with their delivery counts."""
+    from newsletter.models import DeliveryStatus
+    from newsletter.status import status_report
+
     report = status_report(app.engine, limit=limit)
     click.echo("Subscribers:")
     for name, count in report.subscribers.items():

@@ -9,15 +9,17 @@ time (a client that sends half a request line and then waits for ever).
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from newsletter.cli.app import App, main, pass_app
 from newsletter.errors import NewsletterError
+
+if TYPE_CHECKING:  # imported with uvicorn when the server starts, not for --help
+    import asyncio
 
 #: Seconds an idle keep-alive connection stays open between requests.
 KEEP_ALIVE_SECONDS = 5
