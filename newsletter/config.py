@@ -123,6 +123,21 @@ def _delays(value: str) -> tuple[float, ...]:
     return delays
 
 
+#: What each story of an issue shows: the feed's summary, the whole post, or its title only.
+STORY_CONTENT_MODES = ("summary", "full", "title")
+
+
+def story_content_mode(value: str) -> str:
+    """The content mode named by `value` (any case), or a one-line ConfigError listing them."""
+    mode = value.strip().lower()
+    if mode not in STORY_CONTENT_MODES:
+        raise ConfigError(
+            f"NEWSLETTER_STORY_CONTENT: {value!r} is not a content mode "
+            f"(use {', '.join(STORY_CONTENT_MODES[:-1])} or {STORY_CONTENT_MODES[-1]})"
+        )
+    return mode
+
+
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -170,6 +185,7 @@ class Settings:
     bounce_address: str | None = None
     bounce_imap_url: str | None = field(default=None, repr=False)
     signup_rate_limit: tuple[int, float] | None = (5, 600.0)  # signups per IP (/64) per window
+    story_content: str = "summary"  # one of STORY_CONTENT_MODES; `send --content` replaces it
 
     def require(self, *names: str, destination: bool = False) -> None:
         """Raise MissingSettings naming every one of `names` (attribute names) left unset.
@@ -387,4 +403,6 @@ def load_settings(
         kwargs["bounce_imap_url"] = Secret(v)
     if (v := get("signup_rate_limit")) is not None:
         kwargs["signup_rate_limit"] = _rate_limit(v)
+    if (v := get("story_content")) is not None:
+        kwargs["story_content"] = story_content_mode(v)
     return Settings(**kwargs)  # type: ignore[arg-type]

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -19,7 +20,13 @@ from sqlmodel import Session, col, func, select
 from newsletter.config import Settings
 from newsletter.db import read_session, write_session
 from newsletter.issues.feed import Feed, FeedStory, FetchResult
-from newsletter.issues.render import RenderedIssue, render_issue
+from newsletter.issues.render import (
+    RenderedIssue,
+    StoryLike,
+    content_mode,
+    render_issue,
+    story_blocks,
+)
 from newsletter.models import (
     Delivery,
     DeliveryStatus,
@@ -34,6 +41,7 @@ from newsletter.models import (
 )
 
 _OLDEST = datetime.min.replace(tzinfo=UTC)
+S = TypeVar("S", bound=StoryLike)  # Story rows in a send, FeedStory values in a preview
 
 
 @dataclass
@@ -135,6 +143,7 @@ class Created:
     recipients: int
     reason: str = ""  # why no issue was made
     held_back: int = 0  # new stories kept for the next issue to stay under MAX_HTML_BYTES
+    truncated_story_titles: tuple[str, ...] = ()  # cut short, "Continue reading on the site"
 
 
 #: Gmail clips HTML past ~102 KB and hides what follows: the footer with the unsubscribe link.
@@ -142,25 +151,62 @@ MAX_HTML_BYTES = 95_000
 
 
 def render_within_size(
-    stories: list[Story],
+    stories: Sequence[S],
     settings: Settings,
     *,
-    issue_id: int,
+    issue_id: int | None,
     feed_title: str,
     feed_link: str | None,
-) -> tuple[RenderedIssue, list[Story]]:
-    """Render, leaving the oldest stories for the next issue while the HTML is too big.
+) -> tuple[RenderedIssue, list[S]]:
+    """Render under MAX_HTML_BYTES: the oldest stories wait, a lone long story is cut.
 
     The stories left out stay new, so the next `newsletter send` carries them.
+    A single story that alone passes the limit (a whole post with `full`) is cut
+    at a paragraph boundary, as late as still fits, and ends with "Continue
+    reading on the site"; `truncated_story_titles` of the result names it.
+    Sizes only grow with more stories or more blocks, so both are found by
+    bisection: a handful of renders, not one per story or paragraph.
     """
     chosen = list(stories)
-    while True:
-        rendered = render_issue(
-            chosen, settings, issue_id=issue_id, feed_title=feed_title, feed_link=feed_link
+
+    def render(subset: list[S], max_blocks: int | None = None) -> RenderedIssue:
+        return render_issue(
+            subset,
+            settings,
+            issue_id=issue_id,
+            feed_title=feed_title,
+            feed_link=feed_link,
+            max_blocks=max_blocks,
         )
-        if len(chosen) == 1 or len(rendered.html.encode("utf-8")) <= MAX_HTML_BYTES:
-            return rendered, chosen
-        chosen = chosen[:-1]  # newest first: drop the oldest
+
+    rendered = render(chosen)
+    if _fits(rendered):
+        return rendered, chosen
+    fitting, low, high = None, 1, len(chosen) - 1  # the longest newest-first prefix that fits
+    while low <= high:
+        middle = (low + high) // 2
+        attempt = render(chosen[:middle])
+        if _fits(attempt):
+            fitting, low = (attempt, middle), middle + 1
+        else:
+            high = middle - 1
+    if fitting is not None:
+        return fitting[0], chosen[: fitting[1]]
+    chosen = chosen[:1]  # the newest story alone is still too big: cut it
+    best = render(chosen, 0)  # kept even if it does not fit: there is nothing left to cut
+    low, high = 1, story_blocks(chosen[0], content_mode(settings)) - 1
+    while low <= high:
+        middle = (low + high) // 2
+        attempt = render(chosen, middle)
+        if _fits(attempt):
+            best, low = attempt, middle + 1
+        else:
+            high = middle - 1
+    return best, chosen
+
+
+def _fits(rendered: RenderedIssue) -> bool:
+    return len(rendered.html.encode("utf-8")) <= MAX_HTML_BYTES
 
 
 def create_issue(
@@ -215,7 +261,14 @@ def create_issue(
                 ).where(Subscriber.status == SubscriberStatus.ACTIVE),
             )
         )
-        return Created(issue, chosen, len(older), recipients, held_back=wanted - len(chosen))
+        return Created(
+            issue,
+            chosen,
+            len(older),
+            recipients,
+            held_back=wanted - len(chosen),
+            truncated_story_titles=rendered.truncated_story_titles,
+        )
 
 
 def baseline(engine: Engine, feed: Feed, *, fetched: FetchResult | None = None) -> int:

@@ -7,6 +7,7 @@ in text mode, plain-text mail clients) only ever see this part.
 
     html_to_text(html, width=72) -> str
     excerpt_html(html, *, max_chars=600, max_paragraphs=2) -> str
+    top_blocks(html) -> list[str]   # where a story may be cut (the clipping guard)
     cap_line_length(text, limit=900) -> str
 """
 
@@ -91,10 +92,12 @@ class _TextBuilder(HTMLParser):
             self.blocks.append(_Block("-" * min(self.width, 20), self.quote))
         elif tag == "img":
             alt = _SPACES.sub(" ", values.get("alt", "")).strip()
-            if alt:
+            if alt and not "".join(self.inline).strip():  # a picture of its own, not an emoji
+                self.inline.append(f"[Image: {alt}]")
+            elif alt:
                 self.inline.append(alt)
-        elif tag in ("td", "th") and self.inline:
-            self.inline.append(" ")
+        elif tag in ("td", "th") and "".join(self.inline).strip():
+            self.inline.append(" | ")
         elif tag == "a":
             self.links.append((values.get("href", "").strip(), len(self.inline)))
 
@@ -323,6 +326,38 @@ def excerpt_html(html: str, *, max_chars: int = 600, max_paragraphs: int = 2) ->
         if paragraphs >= max_paragraphs or chars >= max_chars:
             break
     return "".join(kept).strip()
+
+
+def top_blocks(html: str) -> list[str]:
+    """The top-level pieces of `html` (paragraphs, figures, tables...), in order.
+
+    Joining any first N of them gives well-formed HTML cut at a paragraph
+    boundary: how a story too long for one email is shortened. Runs of inline
+    content between blocks stay one piece; a lone wrapper <div> is looked into.
+    """
+    builder = _TreeBuilder()
+    builder.feed(html or "")
+    builder.close()
+    nodes = builder.root.children
+    while True:
+        solid = [n for n in nodes if n.tag is not None or n.raw.strip()]
+        if len(solid) == 1 and solid[0].tag in CONTAINERS:
+            nodes = solid[0].children
+        else:
+            break
+    pieces: list[str] = []
+    inline: list[str] = []
+    for node in nodes:
+        if node.tag is not None and (node.tag in BLOCK_TAGS or node.tag in DROPPED):
+            if "".join(inline).strip():
+                pieces.append("".join(inline).strip())
+            inline = []
+            pieces.append(node.html())
+        else:
+            inline.append(node.html())
+    if "".join(inline).strip():
+        pieces.append("".join(inline).strip())
+    return pieces
 
 
 def _cut_words(text: str, limit: int) -> str:

@@ -3,7 +3,9 @@
 CONTRACT (used by newsletter.issues.create, newsletter.mail.message, the send's
 preview, the confirmation email and the web archive):
 
-    render_issue(stories, settings, *, issue_id, feed_title, feed_link) -> RenderedIssue
+    render_issue(stories, settings, *, issue_id, feed_title, feed_link, max_blocks=None)
+        -> RenderedIssue
+    story_blocks(story, mode) -> int   # how many places a story's body may be cut at
     split_placeholder(html) -> (placeholder, html)   # what message.py fills per subscriber
     fill_unsubscribe(body, url, placeholder=None) -> str   # a preview's link
     render_subject(stories, settings, *, feed_title="", feed_link=None, issue_id=None) -> str
@@ -21,6 +23,11 @@ on the attacker's server collects every reader's token). It is stored with the
 frozen issue as a comment at the very start of its HTML, a place feed text can
 never reach; message.py strips it. An issue frozen before (no such comment)
 uses the old fixed placeholder, UNSUBSCRIBE_URL, and sends as it always did.
+
+What each story shows is `settings.story_content` (NEWSLETTER_STORY_CONTENT):
+"summary" (the feed's excerpt, cut if long), "full" (the whole post, fitted to
+the column by newsletter.issues.layout) or "title" (title, date, author, link).
+A one-run override is `dataclasses.replace(settings, story_content=...)`.
 """
 
 from __future__ import annotations
@@ -38,9 +45,10 @@ from urllib.parse import urlsplit
 from markupsafe import Markup
 from premailer import Premailer
 
-from newsletter.config import Settings
+from newsletter.config import Settings, story_content_mode
 from newsletter.errors import TemplateError
-from newsletter.issues.htmltext import cap_line_length, excerpt_html, html_to_text
+from newsletter.issues.htmltext import cap_line_length, excerpt_html, html_to_text, top_blocks
+from newsletter.issues.layout import fit_to_column
 from newsletter.issues.templating import render_template
 
 #: The fixed placeholder of issues frozen before per-issue placeholders (still sent so).
@@ -66,6 +74,7 @@ class RenderedIssue:
     html: str  # placeholder comment + full document, CSS inlined, contains `placeholder`
     text: str  # real plain-text version, contains `placeholder`
     placeholder: str = UNSUBSCRIBE_URL  # where the unsubscribe URL goes, this issue only
+    truncated_story_titles: tuple[str, ...] = ()  # stories cut short to stay under Gmail's clip
 
 
 class StoryLike(Protocol):
@@ -92,8 +101,10 @@ class StoryView:
     date_iso: str | None  # "2025-03-12"
     image_url: str | None
     image_alt: str  # "" marks the image as decorative
-    summary_html: Markup  # already sanitised upstream, then excerpted
-    summary_text: str  # the same summary as wrapped plain text
+    summary_html: Markup  # what the story shows (summary or whole post), sanitised upstream
+    summary_text: str  # the same as wrapped plain text
+    mode: str = "summary"  # "summary", "full" or "title" (NEWSLETTER_STORY_CONTENT)
+    truncated: bool = False  # cut at a paragraph boundary: "Continue reading on the site"
 
 
 def new_placeholder() -> tuple[str, str]:
@@ -175,10 +186,17 @@ def render_issue(
     issue_id: int | None,
     feed_title: str,
     feed_link: str | None,
+    max_blocks: int | None = None,
 ) -> RenderedIssue:
-    """Subject, inlined HTML and text for one issue; the same words in both bodies."""
+    """Subject, inlined HTML and text for one issue; the same words in both bodies.
+
+    `max_blocks` cuts each story's body after that many top-level blocks (the
+    clipping guard's last resort, see newsletter.issues.create); the titles of
+    the stories so cut are listed in `truncated_story_titles`.
+    """
     settings.require("postal_address")  # CAN-SPAM: every email carries it
-    views = [_story_view(s) for s in newest_first(stories)]
+    mode = content_mode(settings)
+    views = [_story_view(s, mode, max_blocks) for s in newest_first(stories)]
     context = _base_context(views, settings, issue_id, feed_title, feed_link)
     subject = _subject_from(context, settings)
     context["subject"] = subject
@@ -193,7 +211,23 @@ def render_issue(
                 "it must contain {{ unsubscribe_url }}"
             )
     html = f"<!--newsletter-placeholder:{key}-->\n{html}"
-    return RenderedIssue(subject=subject, html=html, text=text, placeholder=placeholder)
+    return RenderedIssue(
+        subject=subject,
+        html=html,
+        text=text,
+        placeholder=placeholder,
+        truncated_story_titles=tuple(v.title for v in views if v.truncated),
+    )
+
+
+def content_mode(settings: Settings) -> str:
+    """The settings' content mode, checked again: a CLI override may bypass load_settings."""
+    return story_content_mode(str(getattr(settings, "story_content", "summary")))
+
+
+def story_blocks(story: StoryLike, mode: str) -> int:
+    """How many top-level blocks the story's body has in `mode` (its possible cut points)."""
+    return len(top_blocks(_body_html(story, mode)))
 
 
 def inline_css(html: str) -> str:
@@ -243,14 +277,35 @@ def _base_context(
         "unsubscribe_url": UNSUBSCRIBE_URL,
         "preheader": normalise_subject(titles, 140),
         "subject": "",
+        "content_mode": views[0].mode if views else "summary",
     }
 
 
-def _story_view(story: StoryLike) -> StoryView:
-    if (story.summary_html or "").strip():
-        summary = excerpt_html(story.summary_html, **SUMMARY_LIMITS)
+def _body_html(story: StoryLike, mode: str) -> str:
+    """The story's body in `mode`, fitted to the column; "" in title mode."""
+    if mode == "title":
+        return ""
+    if mode == "full":
+        body = (story.content_html or "").strip() or (story.summary_html or "")
+    elif (story.summary_html or "").strip():
+        body = excerpt_html(story.summary_html, **SUMMARY_LIMITS)
     else:
-        summary = excerpt_html(story.content_html or "", **CONTENT_LIMITS)
+        body = excerpt_html(story.content_html or "", **CONTENT_LIMITS)
+    return fit_to_column(body)
+
+
+def _story_view(
+    story: StoryLike, mode: str = "summary", max_blocks: int | None = None
+) -> StoryView:
+    summary = _body_html(story, mode)
+    truncated = False
+    if max_blocks is not None:
+        blocks = top_blocks(summary)
+        if len(blocks) > max_blocks:
+            summary, truncated = "".join(blocks[:max_blocks]), True
+    image_url = safe_url(story.image_url, schemes=("http", "https"))
+    if mode == "title" or (mode == "full" and image_url and _shows_image(summary, image_url)):
+        image_url = None  # title only; or the post already shows its first image
     when = story.published_at
     return StoryView(
         title=" ".join((story.title or "").split()) or "(untitled)",
@@ -258,11 +313,19 @@ def _story_view(story: StoryLike) -> StoryView:
         author=" ".join(story.author.split()) if story.author else None,
         date=f"{when.day} {_MONTHS[when.month - 1]} {when.year}" if when else None,
         date_iso=when.date().isoformat() if when else None,
-        image_url=safe_url(story.image_url, schemes=("http", "https")),
+        image_url=image_url,
         image_alt=" ".join((story.image_alt or "").split()),
         summary_html=Markup(summary),  # noqa: S704 - sanitised by newsletter.issues.feed
         summary_text=html_to_text(summary, TEXT_WIDTH),
+        mode=mode,
+        truncated=truncated,
     )
+
+
+def _shows_image(html: str, url: str) -> bool:
+    """True when `html` has an <img> of `url` (as sanitised HTML writes it)."""
+    escaped = url.replace("&", "&amp;")
+    return f'src="{escaped}"' in html or f'src="{url}"' in html
 
 
 def safe_url(url: str | None, schemes: tuple[str, ...] = ("http", "https", "mailto")) -> str | None:

@@ -70,17 +70,31 @@ _NUMERIC_ATTRIBUTES = frozenset({"width", "height", "colspan", "rowspan", "start
 
 # First pass: a permissive parse that only normalises markup, so the cruft
 # patterns below see one canonical serialisation (double-quoted attributes).
-_PREPASS_TAGS = ALLOWED_TAGS | {"h1", "h5", "h6", "iframe", "span"}
+_PREPASS_TAGS = ALLOWED_TAGS | {"h1", "h5", "h6", "iframe", "span", "video", "audio", "source"}
 _PREPASS_ATTRIBUTES: dict[str, set[str]] = {
     **ALLOWED_ATTRIBUTES,
     "*": {"class"},
     "iframe": {"src", "title"},
+    "video": {"src", "poster", "title"},
+    "audio": {"src", "title"},
+    "source": {"src"},
 }
 _DROP_WITH_CONTENT = {"script", "style", "noscript", "template", "object", "embed", "form"}
 _DROP_WITH_CONTENT_FINAL = _DROP_WITH_CONTENT | {"iframe"}
 
 _SMILEY = re.compile(r'<img\b[^>]*\bclass="[^"]*\b(?:wp-smiley|emoji)\b[^"]*"[^>]*>')
-_IFRAME = re.compile(r"<iframe\b([^>]*)>.*?</iframe>", re.S)
+_IFRAME = re.compile(
+    r"<p\b[^>]*>\s*<iframe\b([^>]*)>.*?</iframe>\s*</p>|<iframe\b([^>]*)>.*?</iframe>", re.S
+)
+_MEDIA = re.compile(r"<(video|audio)\b([^>]*)>(.*?)</\1>", re.S)
+_SOURCE_SRC = re.compile(r'<source\b[^>]*\ssrc="([^"]*)"')
+# Classic-editor captions: the [caption] wrapper <div> is gone after the first pass,
+# its image (maybe linked) and <p class="wp-caption-text"> remain side by side.
+_WP_CAPTION = re.compile(
+    r"((?:<a\b[^>]*>\s*)?<img\b[^>]*>(?:\s*</a>)?)\s*"
+    r'<p\b[^>]*\bclass="[^"]*\bwp-caption-text\b[^"]*"[^>]*>(.*?)</p>',
+    re.S,
+)
 _MORE_LINK = re.compile(r"<a\b[^>]*>\s*Continue reading\b.*?</a>", re.S | re.I)
 _CONTINUE_READING = re.compile(
     r"Continue reading(?:\s|&nbsp;)*(?:"
@@ -144,6 +158,8 @@ def clean_html(value: str | None, base_url: str | None = None) -> str:
     )
     text = _SMILEY.sub(_smiley_to_text, text)
     text = _IFRAME.sub(_iframe_to_link, text)
+    text = _MEDIA.sub(_media_to_link, text)
+    text = _WP_CAPTION.sub(r"<figure>\1<figcaption>\2</figcaption></figure>", text)
     text = _MORE_LINK.sub("", text)
     text = _CONTINUE_READING.sub("", text)
     text = _YOAST.sub("", text)
@@ -313,13 +329,50 @@ def _smiley_to_text(match: re.Match[str]) -> str:
 
 
 def _iframe_to_link(match: re.Match[str]) -> str:
-    """Embeds cannot play in email: keep a plain link to what they showed."""
-    src = _attribute(match.group(1), "src")
+    """Embeds cannot play in email: a paragraph with a link naming what they showed.
+
+    No thumbnail is made up (a YouTube still would be one more remote fetch, and a
+    tracking-free email fetches only what the feed itself shows).
+    """
+    attributes = match.group(1) if match.group(1) is not None else match.group(2)
+    src = safe_url(_attribute(attributes, "src"), allow_relative=True)
+    if not src or src.startswith("mailto:"):
+        return ""
+    if src.startswith("//"):
+        src = "https:" + src
+    watch = _youtube_watch_url(src) or _vimeo_url(src)
+    title = clean_text(_attribute(attributes, "title") or "", 200)
+    if watch:
+        site = "YouTube" if "youtube" in watch else "Vimeo"
+        src, label = watch, f"Watch the video on {site}"
+    else:
+        host = (urlsplit(src).hostname or "").removeprefix("www.")
+        label = f"View the embedded content on {host}" if host else "View the embedded content"
+    if title:
+        label += f": {title}"
+    return f'<p><a href="{html.escape(src)}">{html.escape(label, quote=False)}</a></p>'
+
+
+def _media_to_link(match: re.Match[str]) -> str:
+    """<video>/<audio> cannot play in most mail clients: a link, after the feed's poster if any."""
+    kind, attributes, inner = match.groups()
+    src = _attribute(attributes, "src")
+    if not src:
+        source = _SOURCE_SRC.search(inner)
+        src = html.unescape(source.group(1)) if source else None
     if not src:
         return ""
-    src = _youtube_watch_url(src) or src
-    label = clean_text(_attribute(match.group(1), "title") or "", 200) or src
-    return f'<a href="{html.escape(src)}">{html.escape(label, quote=False)}</a>'
+    title = clean_text(_attribute(attributes, "title") or "", 200)
+    label = "Watch the video" if kind == "video" else "Listen to the recording"
+    if title:
+        label += f": {title}"
+    link = html.escape(src)
+    poster = _attribute(attributes, "poster") if kind == "video" else None
+    still = ""
+    if poster:
+        image = f'<img src="{html.escape(poster)}" alt="{html.escape(label)}">'
+        still = f'<a href="{link}">{image}</a><br>'
+    return f'<p>{still}<a href="{link}">{html.escape(label, quote=False)}</a></p>'
 
 
 _YOUTUBE_EMBED = re.compile(
@@ -327,6 +380,14 @@ _YOUTUBE_EMBED = re.compile(
 )
 
 
+_VIMEO_PLAYER = re.compile(r"^(?:https?:)?//player\.vimeo\.com/video/(\d+)", re.I)
+
+
 def _youtube_watch_url(src: str) -> str | None:
     match = _YOUTUBE_EMBED.match(src.strip())
     return f"https://www.youtube.com/watch?v={match.group(1)}" if match else None
+
+
+def _vimeo_url(src: str) -> str | None:
+    match = _VIMEO_PLAYER.match(src.strip())
+    return f"https://vimeo.com/{match.group(1)}" if match else None

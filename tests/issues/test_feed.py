@@ -153,7 +153,10 @@ def test_hostile_feed_is_neutralised() -> None:
     assert f'<img src="{base}relative-post/pics/cat.jpg" alt="Cat" width="640">' in html
     assert f'<a href="{base}about/">About us</a>' in html
     assert '<a href="mailto:hello@hostile.example.org">Mail</a>' in html
-    assert '<a href="https://www.youtube.com/watch?v=dQw4w9WgXcQ">Our video</a>' in html
+    assert (
+        '<a href="https://www.youtube.com/watch?v=dQw4w9WgXcQ">'
+        "Watch the video on YouTube: Our video</a>"
+    ) in html
     assert '<a href="https://player.example.com/embed/77">' in html
     assert "<h2>Big heading</h2>" in html
     assert hostile.image_url == f"{base}relative-post/pics/cat.jpg"

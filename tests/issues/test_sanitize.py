@@ -159,14 +159,64 @@ def test_clean_html_turns_iframes_into_links() -> None:
         "<iframe>no source</iframe>"
     )
     assert "<iframe" not in cleaned
-    assert '<p><a href="https://www.youtube.com/watch?v=abc123XYZ">Board &amp; meeting</a></p>' in (
-        cleaned
-    )
     assert (
-        '<a href="https://player.vimeo.com/video/42">https://player.vimeo.com/video/42</a>'
-        in cleaned
-    )
+        '<p><a href="https://www.youtube.com/watch?v=abc123XYZ">'
+        "Watch the video on YouTube: Board &amp; meeting</a></p>"
+    ) in cleaned
+    assert '<p><a href="https://vimeo.com/42">Watch the video on Vimeo</a></p>' in cleaned
     assert "no source" not in cleaned
+    assert "<p><p>" not in cleaned and "<p></p>" not in cleaned
+
+
+def test_clean_html_other_embeds_become_a_paragraph_naming_their_site() -> None:
+    cleaned = clean_html(
+        '<figure class="wp-block-embed"><div class="wp-block-embed__wrapper">'
+        '<iframe title="Our office" src="//maps.example.com/embed?q=1"></iframe></div>'
+        "<figcaption>Where we are</figcaption></figure>"
+        '<iframe src="/embed/form"></iframe>',
+        "https://endseclusion.org/post/",
+    )
+    assert cleaned == (
+        '<figure><p><a href="https://maps.example.com/embed?q=1">'
+        "View the embedded content on maps.example.com: Our office</a></p>"
+        "<figcaption>Where we are</figcaption></figure>"
+        '<p><a href="https://endseclusion.org/embed/form">View the embedded content</a></p>'
+    )
+
+
+def test_clean_html_embeds_never_get_a_made_up_thumbnail() -> None:
+    cleaned = clean_html('<iframe src="https://www.youtube.com/embed/abc123XYZ"></iframe>')
+    assert "<img" not in cleaned and "ytimg" not in cleaned and "img.youtube" not in cleaned
+
+
+def test_clean_html_video_and_audio_become_links_with_the_feeds_own_poster() -> None:
+    cleaned = clean_html(
+        '<figure class="wp-block-video"><video controls poster="/still.jpg" '
+        'src="/clip.mp4" onplay="x()"></video></figure>'
+        '<audio controls><source src="/talk.mp3" type="audio/mpeg">old browser</audio>'
+        '<video><source src="javascript:alert(1)"></video>',
+        "https://endseclusion.org/post/",
+    )
+    assert cleaned == (
+        '<figure><p><a href="https://endseclusion.org/clip.mp4"><img '
+        'src="https://endseclusion.org/still.jpg" alt="Watch the video"></a><br>'
+        '<a href="https://endseclusion.org/clip.mp4">Watch the video</a></p></figure>'
+        '<p><a href="https://endseclusion.org/talk.mp3">Listen to the recording</a></p>'
+    )
+
+
+def test_clean_html_classic_captions_become_figures() -> None:
+    cleaned = clean_html(
+        '<div id="attachment_7" style="width: 310px" class="wp-caption aligncenter">'
+        '<a href="https://e.org/big.jpg"><img src="https://e.org/small.jpg" alt="Pupils" '
+        'width="300" height="200"></a><p id="caption-7" class="wp-caption-text">A class '
+        "<em>outside</em></p></div><p>After.</p>"
+    )
+    assert cleaned == (
+        '<figure><a href="https://e.org/big.jpg"><img src="https://e.org/small.jpg" '
+        'alt="Pupils" width="300" height="200"></a><figcaption>A class <em>outside</em>'
+        "</figcaption></figure><p>After.</p>"
+    )
 
 
 def test_clean_html_iframe_with_javascript_src_leaves_nothing_clickable() -> None:
