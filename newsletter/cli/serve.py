@@ -10,7 +10,6 @@ time (a client that sends half a request line and then waits for ever).
 from __future__ import annotations
 
 import errno
-import socket
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -18,8 +17,9 @@ import click
 from newsletter.cli.app import App, main, pass_app
 from newsletter.errors import NewsletterError
 
-if TYPE_CHECKING:  # imported with uvicorn when the server starts, not for --help
+if TYPE_CHECKING:  # imported when the server starts, not for --help
     import asyncio
+    import socket
 
 #: Seconds an idle keep-alive connection stays open between requests.
 KEEP_ALIVE_SECONDS = 5
@@ -78,6 +78,8 @@ def header_timeout_protocol(seconds: float) -> type[asyncio.Protocol]:
 
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket on host:port, or a NewsletterError saying why not (in use...)."""
+    import socket
+
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
