@@ -139,7 +139,7 @@ class _TextBuilder(HTMLParser):
         start = min(start, len(self.inline))  # a block closed inside the link
         text = _SPACES.sub(" ", "".join(self.inline[start:])).strip()
         if not text or _same_target(text, href):
-            self.inline[start:] = [href]
+            self.inline[start:] = [href[7:] if href.lower().startswith("mailto:") else href]
         else:
             self.inline.append(f" <{href}>")
 

@@ -8,8 +8,11 @@ read); this module only adjusts it for a 600 px email read on a 375 px phone:
   readers and axe's heading-order rule expect);
 - image width/height attributes are capped at the column width, the height
   scaled to match (Outlook obeys the attributes, not the CSS max-width);
-- tables of WIDE_TABLE columns or more get class="wide": on a phone their
-  cells stack (CSS), where fewer columns simply wrap.
+- a figure of a small image (a classic gallery's thumbnails) gets
+  class="thumb", so a run of them sits side by side and wraps (CSS).
+
+Tables are not stacked on a phone (a cell alone loses its column header):
+their columns share the width and their cells wrap, long words included.
 
 Everything else (tables that wrap, pre-wrap code, captions, galleries, long
 URLs) is done by CSS in templates/_email.css, inlined by premailer.
@@ -26,11 +29,9 @@ COLUMN_WIDTH = 552
 
 _HEADING_TAG = re.compile(r"<(/?)h([1-6])(?=[\s>/])", re.I)
 _IMG = re.compile(r"<img\b[^>]*>", re.I)
-_TABLE = re.compile(r"(<table\b)([^>]*>)(.*?)</table>", re.I | re.S)
-_FIRST_ROW = re.compile(r"<tr\b.*?(?:</tr>|$)", re.I | re.S)
-_CELL = re.compile(r"<t[hd]\b", re.I)
-#: From this many columns a table stacks its cells on a phone instead of wrapping them.
-WIDE_TABLE = 4
+_FIGURE = re.compile(r"<figure>((?:(?!</?figure\b).)*)</figure>", re.I | re.S)
+#: Figures of images at most this wide sit side by side (two fit on a 375 px phone).
+THUMB_WIDTH = COLUMN_WIDTH // 2 - 16
 _SIZE = re.compile(r'\s(width|height)\s*=\s*(?:"\s*(\d+)\s*"|\'\s*(\d+)\s*\'|(\d+))', re.I)
 
 
@@ -39,14 +40,21 @@ def fit_to_column(html: str, *, column: int = COLUMN_WIDTH, below: int = 2) -> s
     if not html:
         return html
     html = _IMG.sub(lambda m: _fit_image(m.group(0), column), demote_headings(html, below))
-    return _TABLE.sub(_mark_wide, html)
+    return _FIGURE.sub(_mark_thumb, html)
 
 
-def _mark_wide(match: re.Match[str]) -> str:
-    row = _FIRST_ROW.search(match.group(3))
-    if row is None or len(_CELL.findall(row.group(0))) < WIDE_TABLE:
+def _mark_thumb(match: re.Match[str]) -> str:
+    """class="thumb" on a figure holding one small image (and maybe its caption)."""
+    images = _IMG.findall(match.group(1))
+    if len(images) != 1:
         return match.group(0)
-    return f'{match.group(1)} class="wide"{match.group(2)}{match.group(3)}</table>'
+    width = {
+        m.group(1).lower(): m.group(2) or m.group(3) or m.group(4)
+        for m in _SIZE.finditer(images[0])
+    }.get("width")
+    if not width or int(width) > THUMB_WIDTH:
+        return match.group(0)
+    return f'<figure class="thumb">{match.group(1)}</figure>'
 
 
 def demote_headings(html: str, below: int = 2) -> str:
