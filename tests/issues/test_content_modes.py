@@ -200,7 +200,8 @@ def test_full_images_fit_the_column_and_keep_their_alt_text(full: RenderedIssue)
 
 
 def test_full_does_not_show_the_featured_image_twice(full: RenderedIssue) -> None:
-    assert full.html.count('src="https://endseclusion.org/wp-content/uploads/2025/03/room.jpg"') == 1
+    room = 'src="https://endseclusion.org/wp-content/uploads/2025/03/room.jpg"'
+    assert full.html.count(room) == 1
     assert full.html.count("families-1024x683.jpg") == 1
     assert 'class="story-image"' not in full.html
 
@@ -304,8 +305,10 @@ def test_image_widths_are_capped_and_heights_scaled() -> None:
 
 
 def paragraph(n: int) -> str:
-    return f"<p>Paragraph {n} begins. " + "Restraint and seclusion harm children. " * 12 + (
-        f"Paragraph {n} ends.</p>"
+    return (
+        f"<p>Paragraph {n} begins. "
+        + "Restraint and seclusion harm children. " * 12
+        + (f"Paragraph {n} ends.</p>")
     )
 
 
