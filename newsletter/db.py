@@ -150,14 +150,25 @@ def open_database(url: str) -> Engine:
     return engine
 
 
+def writing(conn: sa.Connection) -> sa.Connection:
+    """`conn`, its transactions begun as writers (BEGIN IMMEDIATE on SQLite: a deferred
+    one that reads then writes fails with SQLITE_BUSY whatever the timeout)."""
+    return conn.execution_options(sqlite_begin="IMMEDIATE")
+
+
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[sa.Connection]:
+    """A connection in one transaction that may read then write; commits on success."""
+    with engine.connect() as conn, writing(conn).begin():
+        yield conn
+
+
 @contextmanager
 def write_session(engine: Engine) -> Iterator[Session]:
     """A session in one transaction that may read then write; commits on success."""
-    with engine.connect() as conn:
-        conn = conn.execution_options(sqlite_begin="IMMEDIATE")
-        with conn.begin(), Session(bind=conn, expire_on_commit=False) as session:
-            yield session
-            session.flush()
+    with write_transaction(engine) as conn, Session(bind=conn, expire_on_commit=False) as session:
+        yield session
+        session.flush()
 
 
 @contextmanager

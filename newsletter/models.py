@@ -7,6 +7,7 @@ classes must match the latest migration (a test checks it).
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum, nonmember
 
 import sqlalchemy as sa
 from sqlalchemy.types import TypeDecorator
@@ -41,7 +42,9 @@ def _when(nullable: bool = True, **kw: object) -> object:
     return Field(default=None, sa_type=UTCDateTime, nullable=nullable, **kw)  # type: ignore[call-overload]
 
 
-class SubscriberStatus:
+class SubscriberStatus(StrEnum):
+    """Where a subscriber stands; the values are what the `status` column stores."""
+
     PENDING = "pending"  # signed up, not yet confirmed (double opt-in)
     ACTIVE = "active"
     UNSUBSCRIBED = "unsubscribed"
@@ -49,8 +52,8 @@ class SubscriberStatus:
     COMPLAINED = "complained"
 
     #: Statuses that must never be mailed again, whatever is imported later.
-    SUPPRESSED = frozenset({UNSUBSCRIBED, BOUNCED, COMPLAINED})
-    ALL = (PENDING, ACTIVE, UNSUBSCRIBED, BOUNCED, COMPLAINED)
+    SUPPRESSED = nonmember(frozenset({UNSUBSCRIBED, BOUNCED, COMPLAINED}))
+    ALL = nonmember((PENDING, ACTIVE, UNSUBSCRIBED, BOUNCED, COMPLAINED))
 
 
 class Subscriber(SQLModel, table=True):
@@ -91,7 +94,9 @@ class Suppression(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)  # type: ignore[call-overload]
 
 
-class StoryState:
+class StoryState(StrEnum):
+    """Where a feed story stands; the values are what the `state` column stores."""
+
     NEW = "new"  # seen in the feed, not yet in an issue
     ISSUED = "issued"  # frozen into an issue
     SKIPPED = "skipped"  # recorded as sent without sending (--baseline, over --max-stories)
@@ -116,7 +121,10 @@ class Story(SQLModel, table=True):
     issue_id: int | None = Field(default=None, foreign_key="issue.id", index=True)
 
 
-class IssueStatus:
+class IssueStatus(StrEnum):
+    """An issue is `sending` until none of its deliveries is unfinished, then `sent`
+    (sending.queue.finish_if_done; --retry-unknown/--retry-failed reopen it)."""
+
     SENDING = "sending"  # deliveries are being worked through
     SENT = "sent"  # no delivery left to attempt
 
@@ -135,7 +143,16 @@ class Issue(SQLModel, table=True):
     finished_at: datetime | None = _when()  # type: ignore[assignment]
 
 
-class DeliveryStatus:
+class DeliveryStatus(StrEnum):
+    """The one state machine of a delivery (the values are what the `status` column stores):
+
+        pending --(commit)--> sending --SMTP--> sent / deferred / failed / unknown
+        pending / deferred --(subscriber left)--> skipped;  deferred --(due)--> sending
+
+    A crash leaves `sending` -> unknown, never pending (the server may have it);
+    only --retry-unknown / --retry-failed put unknown / failed back to pending.
+    """
+
     PENDING = "pending"  # not tried yet
     SENDING = "sending"  # handed to the server; no reply recorded yet
     SENT = "sent"  # the server said 250
@@ -144,9 +161,13 @@ class DeliveryStatus:
     UNKNOWN = "unknown"  # the connection died after the body: may have been delivered
     SKIPPED = "skipped"  # subscriber left before their turn came
 
-    OPEN = frozenset({PENDING, DEFERRED})
-    FINAL = frozenset({SENT, FAILED, UNKNOWN, SKIPPED})
-    ALL = (PENDING, SENDING, SENT, DEFERRED, FAILED, UNKNOWN, SKIPPED)
+    #: Still to attempt (by this run or a later one).
+    OPEN = nonmember(frozenset({PENDING, DEFERRED}))
+    #: Not yet decided: to attempt, or in flight. An issue is sent when none is left.
+    UNFINISHED = nonmember(frozenset({PENDING, DEFERRED, SENDING}))
+    #: Decided for good: no run changes them unless told to (--retry-unknown/--retry-failed).
+    FINAL = nonmember(frozenset({SENT, FAILED, UNKNOWN, SKIPPED}))
+    ALL = nonmember((PENDING, SENDING, SENT, DEFERRED, FAILED, UNKNOWN, SKIPPED))
 
 
 class Delivery(SQLModel, table=True):
@@ -180,7 +201,7 @@ class SendLock(SQLModel, table=True):
     owner: str = Field(max_length=200)  # host:pid:random
     host: str = Field(max_length=200)
     pid: int
-    pid_space: str | None = Field(default=None, max_length=200)  # see claims.pid_space
+    pid_space: str | None = Field(default=None, max_length=200)  # see sending.lease.pid_space
     acquired_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)  # type: ignore[call-overload]
     heartbeat_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)  # type: ignore[call-overload]
 
@@ -204,7 +225,7 @@ class SendWorker(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=200)  # host:pid:random, random per process
     host: str = Field(max_length=200)
     pid: int
-    pid_space: str | None = Field(default=None, max_length=200)  # see claims.pid_space
+    pid_space: str | None = Field(default=None, max_length=200)  # see sending.lease.pid_space
     issue_id: int | None = Field(default=None, foreign_key="issue.id", index=True)
     sent: int = 0
     started_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)  # type: ignore[call-overload]

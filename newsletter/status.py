@@ -18,7 +18,7 @@ from newsletter.models import (
     SendWorker,
     utcnow,
 )
-from newsletter.sending.claims import LEASE
+from newsletter.sending.lease import LEASE
 from newsletter.subscribers.manage import counts_by_status
 
 D = Delivery.__table__

@@ -1,17 +1,17 @@
 """Several `newsletter send` processes on one issue (PostgreSQL): claims, leases, reaping.
 
-A worker claims a batch of due deliveries with `SELECT ... FOR UPDATE SKIP
-LOCKED`, stamping `claimed_by` (its id) and `lease_until`. Its heartbeat
-(see `registry.WorkerRegistry`) renews the lease of what it holds. The claim
-is also the fence: a worker may only mark `sending` a delivery it still
-claims (bookkeeping's start statement checks `claimed_by`), so a claim taken
-over after its lease expired can never be sent by both.
+A worker (one `newsletter send` process, registered by registry.WorkerRegistry)
+claims a batch of due deliveries with `SELECT ... FOR UPDATE SKIP LOCKED`,
+stamping `claimed_by` (its id) and `lease_until`. Its heartbeat renews the
+lease of what it holds (`renew`). The claim is also the fence: a worker may
+only mark `sending` a delivery it still claims (ledger's start statement
+checks `claimed_by`), so a claim taken over after its lease expired can never
+be sent by both.
 
 A worker is identified by a random id per process (`send_worker.id`), never
-by its host name and pid: two hosts may share a name. It is dead when its
-heartbeat is older than the lease, when its row is gone, or when its process
-is gone, a check made only from the same pid space (`pid_space`: this boot of
-this kernel and this pid namespace), where its pid means that process. Its claimed-but-unstarted
+by its host name and pid: two hosts may share a name. It is dead by the rule
+of lease.is_dead: its heartbeat is older than the lease, or its process is
+gone from our own pid space; or its row is gone. Its claimed-but-unstarted
 deliveries are claimable again once their lease expires or it is found dead;
 its `sending` ones become `unknown` (the server may have them). A live
 worker's in-flight messages are never touched: their lease is renewed.
@@ -19,26 +19,24 @@ worker's in-flight messages are never touched: their lease is renewed.
 
 from __future__ import annotations
 
-import os
 import time
 from collections import deque
 from collections.abc import Iterator
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from newsletter.models import Delivery, DeliveryStatus, SendWorker, utcnow
-from newsletter.sending.ledger import Recipient
+from newsletter.sending.lease import HEARTBEAT, LEASE, is_dead, pid_space
+from newsletter.sending.work import Recipient
 
-D = Delivery.__table__
-W = SendWorker.__table__
-LEASE = timedelta(seconds=60)
-HEARTBEAT_SECONDS = 10.0
+D: sa.Table = Delivery.__table__  # type: ignore[attr-defined]
+W: sa.Table = SendWorker.__table__  # type: ignore[attr-defined]
 BATCH = 200
-#: A worker that missed this many heartbeats looks dead: wait for its lease, then take over.
-SUSPECT_AFTER = timedelta(seconds=3 * HEARTBEAT_SECONDS)
+#: A worker that missed three heartbeats looks dead: wait for its lease, then take over.
+SUSPECT_AFTER = 3 * timedelta(seconds=HEARTBEAT)
+#: Why a delivery left `sending` by a dead process is `unknown` (queue.recover says it too).
 LOST = "interrupted while sending: may have been delivered"
 
 
@@ -47,36 +45,12 @@ def shared_sends(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
 
 
-def pid_space() -> str | None:
-    """Where a pid names one process: this kernel boot and pid namespace (Linux).
-
-    A host name is not enough (two machines or containers may share one); None
-    where it cannot be told, and then only the lease says a worker is dead.
-    """
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        namespace = os.stat("/proc/self/ns/pid").st_ino
-    except OSError:
-        return None
-    return f"{boot}:{namespace}" if boot else None
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 _CLAIM = sa.text(
     """
     WITH picked AS (
         SELECT id FROM delivery
         WHERE issue_id = :issue AND status = :status
-          AND (:status = 'pending' OR next_attempt_at IS NULL OR next_attempt_at <= :now)
+          AND (:any_time OR next_attempt_at IS NULL OR next_attempt_at <= :now)
           AND (claimed_by IS NULL OR lease_until < :now)
         LIMIT :n
         FOR UPDATE SKIP LOCKED
@@ -93,7 +67,7 @@ _CLAIM = sa.text(
 
 
 class Claims:
-    """One worker's claims on one issue: a source of recipients for `delivery.Sender`."""
+    """One worker's claims on one issue: a source of recipients for `dispatch.Sender`."""
 
     def __init__(self, engine: Engine, worker_id: str, issue_id: int, *, batch: int = BATCH):
         self.engine = engine
@@ -114,6 +88,7 @@ class Claims:
                     {
                         "issue": self.issue_id,
                         "status": status,
+                        "any_time": status == DeliveryStatus.PENDING,  # deferred: when due
                         "now": now,
                         "n": self.batch - len(out),
                         "me": self.worker_id,
@@ -130,7 +105,7 @@ class Claims:
         """Claim batch after batch until nothing is due; take over dead workers' claims."""
         last_reap = 0.0
         while True:
-            if time.monotonic() - last_reap > HEARTBEAT_SECONDS:
+            if time.monotonic() - last_reap > HEARTBEAT:
                 self.reaped += reap(self.engine, self.issue_id)
                 last_reap = time.monotonic()
             batch = self.claim()
@@ -162,7 +137,7 @@ class Claims:
                     _unlocked(
                         D.c.id.in_(ids),
                         D.c.claimed_by == self.worker_id,
-                        D.c.status.in_((DeliveryStatus.PENDING, DeliveryStatus.DEFERRED)),
+                        D.c.status.in_(DeliveryStatus.OPEN),
                     )
                 )
                 .values(claimed_by=None, lease_until=None)
@@ -175,9 +150,7 @@ class Claims:
         live = sa.select(W.c.id).where(W.c.heartbeat_at >= fresh)
         query = sa.select(sa.func.max(D.c.lease_until)).where(
             D.c.issue_id == self.issue_id,
-            D.c.status.in_(
-                (DeliveryStatus.PENDING, DeliveryStatus.DEFERRED, DeliveryStatus.SENDING)
-            ),
+            D.c.status.in_(DeliveryStatus.UNFINISHED),
             D.c.claimed_by.is_not(None),
             D.c.claimed_by != self.worker_id,
             D.c.claimed_by.not_in(live),
@@ -190,7 +163,7 @@ def _unlocked(*where: sa.ColumnElement[bool]) -> sa.ColumnElement[bool]:
     """Rows matching `where` that no other transaction is changing right now.
 
     The heartbeat and the reaper never wait for a row lock (SKIP LOCKED): a
-    locked row is being settled by its worker's bookkeeping at this moment,
+    locked row is being settled by its worker's ledger at this moment,
     and waiting could deadlock with it; the next beat or reap gets it.
     """
     return D.c.id.in_(sa.select(D.c.id).where(*where).with_for_update(skip_locked=True))
@@ -230,8 +203,7 @@ def dead_workers(engine: Engine) -> list[str]:
     return [
         r.id
         for r in rows
-        if now - r.heartbeat_at > LEASE
-        or (here is not None and r.pid_space == here and not pid_alive(r.pid))
+        if is_dead(pid=r.pid, space=r.pid_space, heartbeat_at=r.heartbeat_at, here=here, now=now)
     ]
 
 
@@ -268,7 +240,7 @@ def reap(engine: Engine, issue_id: int | None = None) -> int:
                     _unlocked(
                         scope,
                         D.c.claimed_by.in_(dead),
-                        D.c.status.in_((DeliveryStatus.PENDING, DeliveryStatus.DEFERRED)),
+                        D.c.status.in_(DeliveryStatus.OPEN),
                     )
                 )
                 .values(claimed_by=None, lease_until=None)

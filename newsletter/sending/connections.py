@@ -1,19 +1,22 @@
-"""SMTP workers: one connection each, in a thread or a child process, fed over a pipe.
+"""SMTP connections: one each, in a child process or a thread, fed over a pipe.
 
-The parent (delivery.Sender) keeps the database and does the bookkeeping;
-a worker only pushes bytes and reports what the server said. SMTP sends are
-run in child processes because smtplib is CPU-bound enough that threads add
-little under the GIL; the in-memory and outbox transports stay in threads.
+A *connection* here is one SMTP session and the process (or thread) that
+drives it; a *worker* is a whole `newsletter send` process (registry.py), which
+runs several connections. The parent (dispatch.Sender) keeps the database and
+writes the ledger; a connection only pushes bytes and reports what the server
+said. SMTP connections run in child processes (forked: the transport factory
+needs no pickling) because smtplib is CPU-bound enough that threads add little
+under the GIL; the in-memory and outbox transports stay in threads.
 
-Messages on the pipe, parent -> worker: `(delivery_id, email, name, token, message_id, date)`, or
-`None` (stop). The worker fills in the issue's message itself (its own copy of the
-MessageTemplate), so only a few short strings cross the pipe per message.
-Worker -> parent: one of
-    ("reply", code, text, stage) the server's answer for that message (Reply.stage)
-    ("lost", detail)             the connection died after the body: unknown
-    ("silent", detail)           the body went out, no reply came in time: unknown
-    ("down", message[, error])   the server cannot be used (the TransportError, if raised)
-    ("crash", detail)            anything else; the run stops
+The pipe carries small frozen dataclasses (pickled). Parent -> connection:
+a `Job` per message, or None (stop). The connection fills in the issue's
+message itself (its own copy of the MessageTemplate), so only a few short
+strings cross the pipe per message. Connection -> parent, one per Job:
+    Replied(reply)      the server's answer for that message (Reply.stage says to what)
+    Lost(detail)        the connection died after the body: unknown
+    Silent(detail)      the body went out, no reply came in time: unknown
+    Down(detail, error) the server cannot be used (the TransportError, if one was raised)
+    Crashed(detail)     anything else; the run stops
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ import os
 import signal
 import threading
 import time
-from multiprocessing.connection import Connection
+from dataclasses import dataclass
+from multiprocessing.connection import Connection as PipeEnd
 from typing import Any
 
 from newsletter.errors import TransportError
@@ -37,7 +41,59 @@ from newsletter.mail.verp import envelope_sender
 RECONNECT_DELAYS = (0.5, 2.0, 5.0)
 
 
-def send_one(transport: BaseTransport, mail_from: str, rcpt: str, data: bytes) -> tuple[Any, ...]:
+@dataclass(frozen=True)
+class Job:
+    """Parent -> connection: send the issue's message to this one recipient."""
+
+    delivery_id: int
+    email: str
+    name: str | None
+    token: str
+    message_id: str
+    date: str
+
+
+@dataclass(frozen=True)
+class Replied:
+    """The server answered the message (any code but a 421 that reconnects could not cure)."""
+
+    reply: Reply
+
+
+@dataclass(frozen=True)
+class Lost:
+    """The connection died after the body went out: the server may have the message."""
+
+    detail: str
+
+
+@dataclass(frozen=True)
+class Silent:
+    """The body went out and no reply came in time: the server may have the message."""
+
+    detail: str
+
+
+@dataclass(frozen=True)
+class Down:
+    """The server cannot be used; `error` is the TransportError raised, if any (its type
+    says what failed, e.g. the login)."""
+
+    detail: str
+    error: TransportError | None = None
+
+
+@dataclass(frozen=True)
+class Crashed:
+    """Anything else went wrong in the connection, or its process died."""
+
+    detail: str
+
+
+Answer = Replied | Lost | Silent | Down | Crashed
+
+
+def send_one(transport: BaseTransport, mail_from: str, rcpt: str, data: bytes) -> Answer:
     """Send with reconnects on 421 and early drops; the answer to put on the pipe."""
     reply = Reply(421, "not tried")
     for delay in (*RECONNECT_DELAYS, None):
@@ -45,43 +101,44 @@ def send_one(transport: BaseTransport, mail_from: str, rcpt: str, data: bytes) -
             reply = transport.send(mail_from, rcpt, data)
         except ConnectionLost as lost:
             if lost.after_body and lost.timed_out:
-                return ("silent", f"the server took the message and never answered: {lost}")
+                return Silent(f"the server took the message and never answered: {lost}")
             if lost.after_body:
-                return ("lost", f"connection lost after the message was sent: {lost}")
+                return Lost(f"connection lost after the message was sent: {lost}")
             reply = Reply(421, f"connection lost: {lost}")
         except TransportError as exc:
-            return ("down", exc.message, exc)  # its type says what failed (e.g. the login)
+            return Down(exc.message, exc)
         if reply.code != 421:
-            return ("reply", reply.code, reply.text, reply.stage)
+            return Replied(reply)
         transport.close()
         if delay is not None:
             time.sleep(delay)
-    return ("down", f"the SMTP server keeps closing the connection: {reply}")
+    return Down(f"the SMTP server keeps closing the connection: {reply}")
 
 
-def worker_loop(
-    conn: Connection,
+def connection_loop(
+    pipe: PipeEnd,
     factory: TransportFactory,
     template: MessageTemplate,
     max_per_connection: int,
 ) -> None:
-    """Serve send requests until told to stop; always answers every request once."""
+    """Serve Jobs until told to stop; always answers every Job once."""
     transport = factory()
     count = 0
     try:
         while True:
-            job = conn.recv()
+            job: Job | None = pipe.recv()
             if job is None:
                 break
-            delivery_id, email, name, token, message_id, date = job
             try:
-                data = template.personalise(email, name, token, message_id=message_id, date=date)
-                mail_from = envelope_sender(template.settings, delivery_id)
-                answer = send_one(transport, mail_from, email, data)
+                data = template.personalise(
+                    job.email, job.name, job.token, message_id=job.message_id, date=job.date
+                )
+                mail_from = envelope_sender(template.settings, job.delivery_id)
+                answer = send_one(transport, mail_from, job.email, data)
             except BaseException as exc:  # noqa: BLE001 - reported, the parent stops the run
-                conn.send(("crash", repr(exc)))
+                pipe.send(Crashed(repr(exc)))
                 break
-            conn.send(answer)
+            pipe.send(answer)
             count += 1
             if count >= max_per_connection:
                 transport.close()
@@ -92,17 +149,17 @@ def worker_loop(
         try:
             transport.close()
         finally:
-            conn.close()
+            pipe.close()
 
 
 def _die_with_parent(parent: int) -> None:
     """Linux: be killed with the parent (kill -9 included); elsewhere a no-op.
 
-    A forked worker inherits the parent's database sockets; if it outlived a
-    killed parent, PostgreSQL would keep that session (and any row lock it
-    holds) open, and the sibling workers' copies of each other's pipes would
-    keep every worker waiting forever. Its message in flight stays `sending`
-    and becomes `unknown`, as for any crash.
+    A forked connection process inherits the parent's database sockets; if it
+    outlived a killed parent, PostgreSQL would keep that session (and any row
+    lock it holds) open, and the sibling processes' copies of each other's
+    pipes would keep every one waiting forever. Its message in flight stays
+    `sending` and becomes `unknown`, as for any crash.
     """
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -113,13 +170,20 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _process_main(parent: int, *args: Any) -> None:
+def _process_main(
+    parent: int,
+    pipe: PipeEnd,
+    factory: TransportFactory,
+    template: MessageTemplate,
+    max_per_connection: int,
+) -> None:
     _die_with_parent(parent)
-    worker_loop(*args)
+    connection_loop(pipe, factory, template, max_per_connection)
 
 
-class Worker:
-    """The parent's end of one worker: `submit`, then read `conn` when it is ready."""
+class Connection:
+    """The parent's end of one SMTP connection: `submit` a Job, then `receive` its answer
+    when `pipe` is ready to read."""
 
     def __init__(
         self,
@@ -130,27 +194,35 @@ class Worker:
         max_per_connection: int,
         name: str,
     ) -> None:
-        self.conn, child = multiprocessing.Pipe()
+        self.pipe, child = multiprocessing.Pipe()
         args = (child, factory, template, max_per_connection)
+        self.runner: Any
         if use_process:
-            # fork: the factory (a closure over the settings) needs no pickling.
             context = multiprocessing.get_context("fork")
-            self.runner: Any = context.Process(
+            self.runner = context.Process(
                 target=_process_main, args=(os.getpid(), *args), name=name, daemon=True
             )
         else:
-            self.runner = threading.Thread(target=worker_loop, args=args, name=name, daemon=True)
+            self.runner = threading.Thread(
+                target=connection_loop, args=args, name=name, daemon=True
+            )
         self.runner.start()
         if use_process:
             child.close()  # the child has its own copy
 
-    def submit(
-        self, delivery_id: int, email: str, name: str | None, token: str, message_id: str, date: str
-    ) -> None:
-        self.conn.send((delivery_id, email, name, token, message_id, date))
+    def submit(self, job: Job) -> None:
+        self.pipe.send(job)
+
+    def receive(self) -> Answer:
+        """The answer to the Job submitted last (Crashed if the process died)."""
+        try:
+            answer: Answer = self.pipe.recv()
+        except (EOFError, OSError):
+            return Crashed("the connection process died")
+        return answer
 
     def stop(self) -> None:
         with contextlib.suppress(OSError):
-            self.conn.send(None)
+            self.pipe.send(None)
         self.runner.join(timeout=30)
-        self.conn.close()
+        self.pipe.close()

@@ -1,60 +1,40 @@
 """The per-message writes of a send: mark `sending` before the server gets a message,
-record its outcome after, several workers' writes in one commit.
+record its outcome after; the writes of all connections of one pass in one commit.
 
-On SQLite the statements run on the driver connection directly: through
+The Ledger turns Finished (work.py) into DeliveryStatus changes and starts
+into `sending` marks, in one transaction per round of the dispatch loop. On
+SQLite the statements run on the driver connection directly: through
 SQLAlchemy each statement cost more than the commit itself (~200 us against
 ~10 us), and these run once or twice per message. Other databases use the
-same statements as prebuilt SQLAlchemy Core.
+same statements as prebuilt SQLAlchemy Core, fenced by `claimed_by` on a
+shared send (claims.py), and retried on a deadlock or serialisation failure.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from newsletter.models import Delivery, DeliveryStatus, Subscriber, SubscriberStatus, utcnow
+from newsletter.sending.policy import Policy
+from newsletter.sending.work import BOUNCE, REQUEUE, Finished, Recipient
 
-if TYPE_CHECKING:
-    from newsletter.sending.dispatch import Policy
-
-D = Delivery.__table__
-S = Subscriber.__table__
-REQUEUE = "requeue"  # not attempted after all: back to pending
+D: sa.Table = Delivery.__table__  # type: ignore[attr-defined]
+S: sa.Table = Subscriber.__table__  # type: ignore[attr-defined]
 RETRIES = 5
 _RETRYABLE = {"40P01", "40001"}  # deadlock_detected, serialization_failure
 
-
-@dataclass(frozen=True)
-class Recipient:
-    delivery_id: int
-    subscriber_id: int
-    email: str
-    name: str | None
-    token: str
-    attempts: int
-
-
-@dataclass
-class Finished:
-    recipient: Recipient
-    status: str  # a DeliveryStatus, "bounce" or REQUEUE
-    error: str | None = None
-    retry_in: float | None = None
-
-
 _P = sa.bindparam
-_OPEN = (DeliveryStatus.PENDING, DeliveryStatus.DEFERRED)
 _ACTIVE = sa.select(S.c.id).where(S.c.id == _P("sid"), S.c.status == SubscriberStatus.ACTIVE)
 _FENCE = D.c.claimed_by == _P("me")  # shared sends: only the claimer may start it
 _CORE = {
     "start": sa.update(D)
-    .where(D.c.id == _P("did"), D.c.status.in_(_OPEN), _ACTIVE.exists())
+    .where(D.c.id == _P("did"), D.c.status.in_(DeliveryStatus.OPEN), _ACTIVE.exists())
     .values(
         status=DeliveryStatus.SENDING,
         message_id=_P("mid"),
@@ -62,7 +42,7 @@ _CORE = {
         updated_at=_P("now"),
     ),
     "skip": sa.update(D)
-    .where(D.c.id == _P("did"), D.c.status.in_(_OPEN))
+    .where(D.c.id == _P("did"), D.c.status.in_(DeliveryStatus.OPEN))
     .values(status=DeliveryStatus.SKIPPED, updated_at=_P("now"), last_error=_P("why")),
     "finish": sa.update(D)
     .where(D.c.id == _P("did"))
@@ -84,17 +64,27 @@ _CLAIMED = {
     "start": _CORE["start"].where(_FENCE),
     "skip": _CORE["skip"].where(_FENCE),
 }
+#: The same statements for SQLite's driver; the states are bound like any value
+#: (`_STATES`), so that they come from the enums as in the Core statements.
 _SQLITE = {
-    "start": "UPDATE delivery SET status = 'sending', message_id = :mid,"
+    "start": "UPDATE delivery SET status = :sending, message_id = :mid,"
     " attempts = attempts + 1, updated_at = :now"
-    " WHERE id = :did AND status IN ('pending', 'deferred') AND EXISTS"
-    " (SELECT 1 FROM subscriber WHERE id = :sid AND status = 'active')",
-    "skip": "UPDATE delivery SET status = 'skipped', updated_at = :now, last_error = :why"
-    " WHERE id = :did AND status IN ('pending', 'deferred')",
+    " WHERE id = :did AND status IN (:pending, :deferred) AND EXISTS"
+    " (SELECT 1 FROM subscriber WHERE id = :sid AND status = :active)",
+    "skip": "UPDATE delivery SET status = :skipped, updated_at = :now, last_error = :why"
+    " WHERE id = :did AND status IN (:pending, :deferred)",
     "finish": "UPDATE delivery SET status = :status, last_error = :error, updated_at = :now,"
     " sent_at = :sent_at, next_attempt_at = :next_at WHERE id = :did",
-    "bounce": "UPDATE subscriber SET status = 'bounced', updated_at = :now"
-    " WHERE id = :sid AND status = 'active'",
+    "bounce": "UPDATE subscriber SET status = :bounced, updated_at = :now"
+    " WHERE id = :sid AND status = :active",
+}
+_STATES = {
+    "pending": DeliveryStatus.PENDING.value,  # pending and deferred: DeliveryStatus.OPEN
+    "deferred": DeliveryStatus.DEFERRED.value,
+    "sending": DeliveryStatus.SENDING.value,
+    "skipped": DeliveryStatus.SKIPPED.value,
+    "active": SubscriberStatus.ACTIVE.value,
+    "bounced": SubscriberStatus.BOUNCED.value,
 }
 
 
@@ -105,8 +95,8 @@ def _sqlite_time(value: datetime | None) -> str | None:
     return value.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
-class Bookkeeper:
-    """The writes of one send; one lock for all the threads of this process."""
+class Ledger:
+    """The writes of one send, for dispatch.Sender (the lock makes it safe to share)."""
 
     def __init__(
         self, issue_created: datetime, policy: Policy, *, worker_id: str | None = None
@@ -127,7 +117,7 @@ class Bookkeeper:
         Returns, per start, whether it may be sent: True; False when its
         subscriber left (the delivery is now skipped); None when it is no longer
         ours to send (another worker took the claim over, or it is not open).
-        No message may be handed to a worker before its mark is committed.
+        No message may be handed to a connection before its mark is committed.
         """
         if not finished and not starts:
             return []
@@ -175,7 +165,7 @@ class Bookkeeper:
             status, error = DeliveryStatus.FAILED, f"gave up after {self.policy.max_age}: {error}"
         if status == DeliveryStatus.DEFERRED:
             next_at = now + timedelta(seconds=done.retry_in or 0)
-        if status == "bounce":
+        if status == BOUNCE:
             status = DeliveryStatus.FAILED
             run("bounce", {"sid": done.recipient.subscriber_id, "now": now})
         if status == REQUEUE:
@@ -215,7 +205,7 @@ class Bookkeeper:
             for key in ("now", "sent_at", "next_at"):
                 if key in params:
                     params[key] = _sqlite_time(params[key])
-            return cursor.execute(_SQLITE[name], params).rowcount
+            return cursor.execute(_SQLITE[name], params | _STATES).rowcount
 
         cursor.execute("BEGIN IMMEDIATE")
         try:

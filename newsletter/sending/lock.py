@@ -1,9 +1,10 @@
-"""One `newsletter send` at a time per database: a lock row with a heartbeat.
+"""One `newsletter send` at a time per database (SQLite): a lock row with a heartbeat.
 
 A second run (cron overlap, a second terminal) is told another send is in
-progress. A lock left by a crashed run is taken over at once when its process
-is gone from this pid space (claims.pid_space: same boot, same pid namespace;
-a host name alone can be shared), or once its heartbeat is older than the lease.
+progress. A lock left by a crashed run is taken over by the one rule of
+lease.py: at once when its process is gone from our pid space (same boot,
+same pid namespace; a host name alone can be shared), or once its heartbeat
+is older than the lease.
 
 On PostgreSQL several sends share an issue instead (claims.py); only the
 making of an issue is serialised, with `creation_lock`: a session-level
@@ -13,12 +14,10 @@ advisory lock, released by the server itself if the process dies.
 from __future__ import annotations
 
 import os
-import secrets
 import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -26,12 +25,9 @@ from sqlalchemy.engine import Engine
 from newsletter.db import write_session
 from newsletter.errors import SendInProgress
 from newsletter.models import SendLock, utcnow
-from newsletter.sending.claims import pid_alive, pid_space
+from newsletter.sending.lease import Heartbeat, is_dead, new_id, pid_space
 
 LOCK_NAME = "send"
-LEASE = timedelta(seconds=90)
-HEARTBEAT_SECONDS = 15.0
-
 
 #: pg_advisory_lock key for "making an issue" (any constant shared by all workers).
 CREATION_LOCK_KEY = 0x6E6C_6973  # "nlis"
@@ -58,16 +54,19 @@ class SendLockHolder:
         self.host = socket.gethostname()
         self.pid = os.getpid()
         self.pid_space = pid_space()
-        self.owner = f"{self.host}:{self.pid}:{secrets.token_hex(8)}"
+        self.owner = new_id(self.host, self.pid)
         self.took_over: SendLock | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()  # set: stop beating (release() sets it too)
+        self._heartbeat = Heartbeat(self._beat, name="send-lock-heartbeat", stopped=self._stop)
 
     def _is_stale(self, lock: SendLock) -> bool:
-        same_space = self.pid_space is not None and lock.pid_space == self.pid_space
-        if same_space and not pid_alive(lock.pid):
-            return True
-        return utcnow() - lock.heartbeat_at > LEASE
+        return is_dead(
+            pid=lock.pid,
+            space=lock.pid_space,
+            heartbeat_at=lock.heartbeat_at,
+            here=self.pid_space,
+            now=utcnow(),
+        )
 
     def acquire(self) -> None:
         with write_session(self.engine) as session:
@@ -100,24 +99,17 @@ class SendLockHolder:
                         pid_space=self.pid_space,
                     )
                 )
-        self._thread = threading.Thread(target=self._beat, name="send-lock-heartbeat", daemon=True)
-        self._thread.start()
+        self._heartbeat.start()
 
     def _beat(self) -> None:
-        while not self._stop.wait(HEARTBEAT_SECONDS):
-            try:
-                with write_session(self.engine) as session:
-                    lock = session.get(SendLock, LOCK_NAME)
-                    if lock is not None and lock.owner == self.owner:
-                        lock.heartbeat_at = utcnow()
-                        session.add(lock)
-            except Exception:  # noqa: BLE001 - a missed beat is retried; the lease is long
-                continue
+        with write_session(self.engine) as session:
+            lock = session.get(SendLock, LOCK_NAME)
+            if lock is not None and lock.owner == self.owner:
+                lock.heartbeat_at = utcnow()
+                session.add(lock)
 
     def release(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._heartbeat.stop(timeout=5)
         with write_session(self.engine) as session:
             lock = session.get(SendLock, LOCK_NAME)
             if lock is not None and lock.owner == self.owner:

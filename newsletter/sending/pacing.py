@@ -1,12 +1,15 @@
-"""NEWSLETTER_SEND_RATE across every worker of a shared send: one budget row in the database.
+"""NEWSLETTER_SEND_RATE: the two rate limiters, one per process and one shared in the database.
 
-Each worker reserves its next send slots with one atomic upsert on the
-`rate_budget` row (`next_slot_at` moves forward by the slots taken), so the
-slots of all workers, on every host, are disjoint and evenly spaced: together
-they never exceed the rate. Times come from the database server's clock, so
-hosts whose clocks disagree still share one timeline. A worker reserves a
-small block (about 0.1 s of the rate) per round trip; slots a worker does not
-use are lost, which can only make the send slower, never faster.
+`RateLimiter` spaces the messages of this process evenly across all its
+connections. `SharedRateLimiter` spaces those of every worker of a shared send
+(PostgreSQL): each worker reserves its next send slots with one atomic upsert
+on the `rate_budget` row (`next_slot_at` moves forward by the slots taken), so
+the slots of all workers, on every host, are disjoint and evenly spaced:
+together they never exceed the rate. Times come from the database server's
+clock, so hosts whose clocks disagree still share one timeline. A worker
+reserves a small block (about 0.1 s of the rate) per round trip; slots a
+worker does not use are lost, which can only make the send slower, never
+faster.
 """
 
 from __future__ import annotations
@@ -15,11 +18,38 @@ import threading
 import time
 from collections import deque
 from datetime import timedelta
+from typing import Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 BUDGET_NAME = "send"
+
+
+class Limiter(Protocol):
+    """`wait()` returns when the next message may be handed to a connection."""
+
+    def wait(self) -> None: ...
+
+
+class RateLimiter:
+    """Spaces this process's messages evenly across all its connections."""
+
+    def __init__(self, rate: float | None) -> None:
+        self.interval = 1.0 / rate if rate else 0.0
+        self._next = time.monotonic()
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        if not self.interval:
+            return
+        with self._lock:
+            now = time.monotonic()
+            slot = max(self._next, now)
+            self._next = slot + self.interval
+        if slot > now:
+            time.sleep(slot - now)
+
 
 _RESERVE = sa.text(
     """
@@ -33,7 +63,7 @@ _RESERVE = sa.text(
 
 
 class SharedRateLimiter:
-    """`wait()` returns when this worker may hand over its next message."""
+    """`wait()` returns when this worker may hand over its next message (PostgreSQL)."""
 
     def __init__(self, engine: Engine, rate: float, *, name: str = BUDGET_NAME) -> None:
         self.engine = engine

@@ -1,15 +1,18 @@
-"""`newsletter send`: feed -> Story rows -> Issue -> Delivery rows, resumably.
+"""`newsletter send`, the whole command: feed -> Story rows -> Issue -> Delivery rows, resumably.
 
 Order of a run: fetch and parse the feed first (a broken feed stops the run
-before anything is sent or written); take the send lock; turn deliveries a
-crash left `sending` into `unknown`; finish any unfinished issue; then make
-an issue of the new stories and deliver it.
+before anything is sent or written); take the send lock (lock.py); turn
+deliveries a crash left `sending` into `unknown` and reopen what
+--retry-unknown/--retry-failed ask for (queue.py); finish any unfinished issue;
+then make an issue of the new stories and deliver it (deliver.py). --preview,
+--to and --dry-run record nothing; --baseline records the stories as sent.
 
 On PostgreSQL there is no exclusive send lock: every `newsletter send` (on
-any host) registers as a worker and helps with the unfinished issues by
-claiming batches (claims.py); only the making of a new issue is serialised
-(an advisory lock), so two workers never freeze the same stories twice, and
-a worker that finds nothing new helps with the issue another one just made.
+any host) registers as a worker (registry.py) and helps with the unfinished
+issues by claiming batches (claims.py); only the making of a new issue is
+serialised (an advisory lock), so two workers never freeze the same stories
+twice, and a worker that finds nothing new helps with the issue another one
+just made.
 """
 
 from __future__ import annotations
@@ -32,17 +35,11 @@ from newsletter.mail.transport import TransportFactory, transport_factory
 from newsletter.mail.verp import check_verp_settings, envelope_sender
 from newsletter.models import Issue, Story
 from newsletter.sending.claims import shared_sends
-from newsletter.sending.deliver import (
-    IssueResult,
-    ProgressFactory,
-    _no_progress,
-    deliver,
-    policy_from,
-    reopen,
-)
-from newsletter.sending.dispatch import Limiter, recover
+from newsletter.sending.deliver import IssueResult, ProgressFactory, _no_progress, deliver
 from newsletter.sending.lock import SendLockHolder, creation_lock
-from newsletter.sending.pacing import SharedRateLimiter
+from newsletter.sending.pacing import Limiter, SharedRateLimiter
+from newsletter.sending.policy import policy_from
+from newsletter.sending.queue import recover, reopen
 from newsletter.sending.registry import WorkerRegistry
 
 __all__ = ["IssueResult", "SendOptions", "SendResult", "deliver", "policy_from", "run_send"]

@@ -21,10 +21,11 @@ from sqlalchemy.engine import Engine
 
 from newsletter.mail.transport import MemoryTransport, Reply
 from newsletter.models import DeliveryStatus, utcnow
-from newsletter.sending.claims import Claims, pid_space, reap
-from newsletter.sending.dispatch import Policy
-from newsletter.sending.ledger import Bookkeeper
+from newsletter.sending.claims import Claims, reap
+from newsletter.sending.lease import pid_space
+from newsletter.sending.ledger import Ledger
 from newsletter.sending.pacing import SharedRateLimiter
+from newsletter.sending.policy import Policy
 from newsletter.sending.registry import WorkerRegistry
 from newsletter.sending.run import SendOptions, run_send
 from newsletter.status import status_report
@@ -169,7 +170,7 @@ def test_a_claim_taken_over_cannot_be_started_by_its_old_holder(tmp_path: Path) 
         )
     taken = Claims(engine, "fast:2:b", issue_id, batch=3).claim()
     assert {r.delivery_id for r in taken} == {r.delivery_id for r in batch}
-    book = Bookkeeper(utcnow(), Policy(), worker_id="slow:1:a")
+    book = Ledger(utcnow(), Policy(), worker_id="slow:1:a")
     with engine.connect() as conn:
         allowed = book.commit(conn, [], [(r, f"<m{r.delivery_id}@x>") for r in batch])
     assert allowed == [None, None, None]  # not ours any more: never handed to the server

@@ -13,8 +13,8 @@ import sqlalchemy as sa
 from newsletter.errors import SendInProgress
 from newsletter.mail.transport import MemoryTransport, Reply
 from newsletter.models import DeliveryStatus, SubscriberStatus
-from newsletter.sending.dispatch import recover
 from newsletter.sending.lock import SendLockHolder
+from newsletter.sending.queue import recover
 from newsletter.sending.run import SendOptions, run_send
 from tests.support.helpers import (
     NEXT_FEED,

@@ -1,0 +1,98 @@
+"""The one liveness rule of a `newsletter send` process: a heartbeat, a lease, its pid.
+
+A process that holds something in the database (the send lock on SQLite, a
+worker row and its claims on PostgreSQL) beats every HEARTBEAT seconds. It is
+dead when its last beat is older than LEASE (six beats), or at once when its
+pid is gone from the pid space we share with it (`pid_space`: this kernel
+boot and pid namespace). A host name alone never says so: two machines or
+containers may share one.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+
+#: Seconds between two beats of a live process.
+HEARTBEAT = 10.0
+#: How long a process's holdings outlive its last beat (missed beats are retried).
+LEASE = timedelta(seconds=6 * HEARTBEAT)
+
+
+def pid_space() -> str | None:
+    """Where a pid names one process: this kernel boot and pid namespace (Linux).
+
+    A host name is not enough (two machines or containers may share one); None
+    where it cannot be told, and then only the lease says a process is dead.
+    """
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+    return f"{boot}:{namespace}" if boot else None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists here (one we may not signal counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_dead(
+    *, pid: int, space: str | None, heartbeat_at: datetime, here: str | None, now: datetime
+) -> bool:
+    """The rule: its lease ran out, or its pid is gone from our very pid space `here`."""
+    if now - heartbeat_at > LEASE:
+        return True
+    return here is not None and space == here and not pid_alive(pid)
+
+
+def new_id(host: str, pid: int) -> str:
+    """A process's id in its rows: random per process (the host name and pid only make it
+    readable), so that a same-named host's process is never mistaken for this one."""
+    return f"{host}:{pid}:{secrets.token_hex(8)}"
+
+
+class Heartbeat:
+    """Calls `beat` every `interval` seconds in a daemon thread until `stopped` is set.
+
+    A failed beat is retried at the next one: the lease outlasts several.
+    """
+
+    def __init__(
+        self,
+        beat: Callable[[], None],
+        *,
+        name: str,
+        interval: float = HEARTBEAT,
+        stopped: threading.Event | None = None,
+    ) -> None:
+        self.beat = beat
+        self.interval = interval
+        self.stopped = stopped or threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, *, timeout: float) -> None:
+        self.stopped.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=timeout)
+
+    def _run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            try:
+                self.beat()
+            except Exception:  # noqa: BLE001 - a missed beat is retried; the lease is long
+                continue

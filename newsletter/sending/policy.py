@@ -1,0 +1,30 @@
+"""The knobs of one send (connections, pace, retries), read from Settings once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from newsletter.config import Settings
+
+
+@dataclass
+class Policy:
+    """Retry and pacing knobs (from Settings)."""
+
+    connections: int = 4
+    rate: float | None = None  # messages per second over all connections
+    max_per_connection: int = 1000
+    retry_delays: tuple[float, ...] = (5.0, 30.0)
+    max_age: timedelta = timedelta(hours=72)
+
+
+def policy_from(settings: Settings) -> Policy:
+    """This run's policy: NEWSLETTER_SMTP_CONNECTIONS connections over SMTP (the outbox
+    takes one writer), the send rate, the retry delays and how long to keep retrying."""
+    return Policy(
+        connections=settings.smtp_connections if settings.smtp else 1,
+        rate=settings.send_rate,
+        retry_delays=settings.retry_delays,
+        max_age=timedelta(hours=settings.retry_max_age_hours),
+    )
