@@ -6,7 +6,7 @@ Create Date: 2026-11-29 05:08:46.175575
 """
 
 import sqlalchemy as sa
-import sqlmodel
+import sqlmodel.sql.sqltypes
 from alembic import op
 
 import newsletter.models

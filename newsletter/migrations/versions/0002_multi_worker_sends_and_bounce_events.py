@@ -6,7 +6,7 @@ Create Date: 2026-11-29 05:41:40.971195
 """
 
 import sqlalchemy as sa
-import sqlmodel
+import sqlmodel.sql.sqltypes
 from alembic import op
 
 import newsletter.models

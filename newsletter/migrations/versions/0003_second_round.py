@@ -5,11 +5,11 @@ Revises: 0002
 Create Date: 2026-12-03 08:00:00
 """
 
-import sqlalchemy as sa  # noqa: F401
-import sqlmodel  # noqa: F401
-from alembic import op  # noqa: F401
+import sqlalchemy as sa
+import sqlmodel.sql.sqltypes
+from alembic import op
 
-import newsletter.models  # noqa: F401
+import newsletter.models
 
 revision = "0003"
 down_revision = "0002"
