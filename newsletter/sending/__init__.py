@@ -8,6 +8,9 @@ registry (several senders on PostgreSQL), lease (one liveness rule), lock
 (the SMTP connection processes), work (the units handed around) and outcomes
 (what a reply means).
 
+Words: a *worker* is one `newsletter send` process (registry, claims); a
+*connection* is one SMTP session it runs, in a child process (connections).
+
 May import: mail/, issues/ and the foundation. Never subscribers/, bounces/,
 doctor/ (siblings) or the edges.
 """
