@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum, nonmember
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.types import TypeDecorator
@@ -38,8 +39,9 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _when(nullable: bool = True, **kw: object) -> object:
-    return Field(default=None, sa_type=UTCDateTime, nullable=nullable, **kw)  # type: ignore[call-overload]
+def _when(nullable: bool = True, **kw: Any) -> Any:
+    """A nullable UTC timestamp column (Field is typed Any so it fits any annotation)."""
+    return Field(default=None, sa_type=UTCDateTime, nullable=nullable, **kw)
 
 
 class SubscriberStatus(StrEnum):
@@ -69,16 +71,16 @@ class Subscriber(SQLModel, table=True):
     consent_ip: str | None = Field(default=None, max_length=64)
     unsubscribe_method: str | None = Field(default=None, max_length=32)
     confirm_token: str | None = Field(default=None, max_length=64, unique=True)
-    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)  # type: ignore[call-overload]
-    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)  # type: ignore[call-overload]
-    opt_in_at: datetime | None = _when()  # type: ignore[assignment]
-    confirmed_at: datetime | None = _when()  # type: ignore[assignment]
-    unsubscribed_at: datetime | None = _when()  # type: ignore[assignment]
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    opt_in_at: datetime | None = _when()
+    confirmed_at: datetime | None = _when()
+    unsubscribed_at: datetime | None = _when()
     # the confirm link's own clock: a later write to the row never extends it
-    confirm_issued_at: datetime | None = _when()  # type: ignore[assignment]
-    confirm_used_at: datetime | None = _when()  # type: ignore[assignment]  # "already confirmed"
+    confirm_issued_at: datetime | None = _when()
+    confirm_used_at: datetime | None = _when()  # "already confirmed"
     # a confirmation email is owed from this time on (the serve worker sends it); None: none owed
-    confirm_send_at: datetime | None = _when(index=True)  # type: ignore[assignment]
+    confirm_send_at: datetime | None = _when(index=True)
     confirm_attempts: int | None = Field(default=None)
     confirm_error: str | None = Field(default=None, max_length=200)  # a permanent refusal
 
@@ -91,7 +93,7 @@ class Suppression(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     email_hash: str = Field(max_length=64, unique=True, index=True)
     reason: str = Field(max_length=32)
-    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)  # type: ignore[call-overload]
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
 class StoryState(StrEnum):
@@ -115,8 +117,8 @@ class Story(SQLModel, table=True):
     content_html: str = ""
     image_url: str | None = Field(default=None, max_length=2000)
     image_alt: str | None = Field(default=None, max_length=500)
-    published_at: datetime | None = _when()  # type: ignore[assignment]
-    first_seen_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)  # type: ignore[call-overload]
+    published_at: datetime | None = _when()
+    first_seen_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     state: str = Field(default=StoryState.NEW, max_length=16, index=True)
     issue_id: int | None = Field(default=None, foreign_key="issue.id", index=True)
 
@@ -139,8 +141,8 @@ class Issue(SQLModel, table=True):
     html: str  # inlined HTML with the per-subscriber placeholders left in
     text: str
     status: str = Field(default=IssueStatus.SENDING, max_length=16, index=True)
-    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)  # type: ignore[call-overload]
-    finished_at: datetime | None = _when()  # type: ignore[assignment]
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    finished_at: datetime | None = _when()
 
 
 class DeliveryStatus(StrEnum):
@@ -184,12 +186,12 @@ class Delivery(SQLModel, table=True):
     attempts: int = 0
     last_error: str | None = Field(default=None, max_length=1000)
     message_id: str | None = Field(default=None, max_length=300)
-    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)  # type: ignore[call-overload]
-    sent_at: datetime | None = _when()  # type: ignore[assignment]
-    next_attempt_at: datetime | None = _when()  # type: ignore[assignment]
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    sent_at: datetime | None = _when()
+    next_attempt_at: datetime | None = _when()
     # Multi-worker sends (PostgreSQL): who claimed this delivery, until when.
     claimed_by: str | None = Field(default=None, max_length=200)
-    lease_until: datetime | None = _when()  # type: ignore[assignment]
+    lease_until: datetime | None = _when()
 
 
 class SendLock(SQLModel, table=True):
@@ -202,8 +204,8 @@ class SendLock(SQLModel, table=True):
     host: str = Field(max_length=200)
     pid: int
     pid_space: str | None = Field(default=None, max_length=200)  # see sending.lease.pid_space
-    acquired_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)  # type: ignore[call-overload]
-    heartbeat_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)  # type: ignore[call-overload]
+    acquired_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    heartbeat_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
 class FeedState(SQLModel, table=True):
@@ -214,7 +216,7 @@ class FeedState(SQLModel, table=True):
     url: str = Field(primary_key=True, max_length=2000)
     etag: str | None = Field(default=None, max_length=500)
     last_modified: str | None = Field(default=None, max_length=100)
-    checked_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)  # type: ignore[call-overload]
+    checked_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
 class SendWorker(SQLModel, table=True):
@@ -228,8 +230,8 @@ class SendWorker(SQLModel, table=True):
     pid_space: str | None = Field(default=None, max_length=200)  # see sending.lease.pid_space
     issue_id: int | None = Field(default=None, foreign_key="issue.id", index=True)
     sent: int = 0
-    started_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)  # type: ignore[call-overload]
-    heartbeat_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)  # type: ignore[call-overload]
+    started_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    heartbeat_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
 class RateBudget(SQLModel, table=True):
@@ -238,7 +240,7 @@ class RateBudget(SQLModel, table=True):
     __tablename__ = "rate_budget"
 
     name: str = Field(primary_key=True, max_length=32)
-    next_slot_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)  # type: ignore[call-overload]
+    next_slot_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
 class BounceKind:
@@ -266,5 +268,5 @@ class BounceEvent(SQLModel, table=True):
     # verp | message-id | forged | mismatch | none (bounces.record.MatchedBy); NULL: older
     matched_by: str | None = Field(default=None, max_length=16)
     source: str | None = Field(default=None, max_length=500)
-    received_at: datetime | None = _when()  # type: ignore[assignment]
-    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)  # type: ignore[call-overload]
+    received_at: datetime | None = _when()
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
