@@ -115,9 +115,8 @@ _NOISE = st.sampled_from(["", "", "", "\t", "\n", "\r", "\x00", "\x01", "&Tab;",
 def _disguised(draw: st.DrawFn, text: str) -> str:
     """`text` with each character maybe case-flipped, entity-encoded, or followed by noise."""
     out = []
-    for ch in text:
-        if ch.isalpha() and draw(st.booleans()):
-            ch = ch.swapcase()
+    for original in text:
+        ch = original.swapcase() if original.isalpha() and draw(st.booleans()) else original
         out.append(draw(st.sampled_from(_CHAR_DISGUISES))(ch))
         out.append(draw(_NOISE))
     return "".join(out)
@@ -254,3 +253,53 @@ def test_known_xss_vectors(vector: str) -> None:
     for base in (None, "https://endseclusion.org/"):
         output = clean_html(vector, base)
         assert problems(output) == [], (vector, output)
+
+
+# ---- embeds turned into links (issue 13: full posts) ------------------------------
+
+_EMBED_SRC = st.one_of(
+    _URL_VALUE,
+    st.sampled_from(
+        [
+            "https://www.youtube.com/embed/Xq3bC9kLm2A?feature=oembed",
+            "https://www.youtube-nocookie.com/embed/abcdef",
+            "//player.vimeo.com/video/42?h=1&amp;dnt=1",
+            "https://player.example.com/embed/77",
+        ]
+    ),
+)
+_EMBED_TEXT = st.one_of(
+    st.sampled_from(['a"onclick="x', "</a><script>alert(1)</script>", "&lt;img src=x&gt;", "ok"]),
+    st.text(alphabet=st.characters(codec="utf-8"), max_size=12),
+)
+
+
+@st.composite
+def _embed(draw: st.DrawFn) -> str:
+    """An iframe, video or audio with hostile src, title and poster, maybe inside a <p>."""
+    kind = draw(st.sampled_from(["iframe", "video", "audio"]))
+    quote = draw(st.sampled_from(['"', "'"]))
+    src = draw(_EMBED_SRC).replace(quote, "")
+    title = draw(_EMBED_TEXT).replace(quote, "")
+    extra = draw(st.sampled_from(["", " onload=alert(1)", f" poster={quote}{src}{quote}"]))
+    inner = draw(st.sampled_from(["", f"<source src={quote}{src}{quote}>", "<script>x</script>"]))
+    if draw(st.booleans()):
+        tag = f"<{kind} src={quote}{src}{quote} title={quote}{title}{quote}{extra}>"
+    else:
+        tag = f"<{kind} title={quote}{title}{quote}{extra}>"
+    embed = f"{tag}{inner}</{kind}>"
+    return f"<p>{embed}</p>" if draw(st.booleans()) else embed
+
+
+@_SETTINGS
+@given(st.lists(_embed(), min_size=1, max_size=3).map("".join), BASES)
+@example('<iframe src="javascript:alert(1)" title="x"></iframe>', None)
+@example('<p><iframe src="//player.vimeo.com/video/1" title=\'"><script>\'></iframe></p>', None)
+@example('<video poster="javascript:alert(1)" src="https://e.org/v.mp4"></video>', None)
+@example('<video><source src="jav&#x61;script:alert(1)"></video>', None)
+def test_embeds_become_links_with_nothing_active(raw: str, base: str | None) -> None:
+    output = clean_html(raw, base)
+    assert problems(output) == [], (raw, output)
+    assert "<p><p>" not in output
+    for href in re.findall(r'href="([^"]*)"', output):
+        assert _as_browser_sees_url(href).startswith(("http://", "https://", "/")), href
