@@ -1,4 +1,4 @@
-"""SMTP connections: one each, in a child process or a thread, fed over a pipe.
+"""SMTP connections: each one session in a child process (or a thread), fed over a pipe.
 
 A *connection* here is one SMTP session and the process (or thread) that
 drives it; a *worker* is a whole `newsletter send` process (registry.py), which
@@ -135,7 +135,7 @@ def connection_loop(
                 )
                 mail_from = envelope_sender(template.settings, job.delivery_id)
                 answer = send_one(transport, mail_from, job.email, data)
-            except BaseException as exc:  # noqa: BLE001 - reported, the parent stops the run
+            except BaseException as exc:  # reported: the parent stops the run
                 pipe.send(Crashed(repr(exc)))
                 break
             pipe.send(answer)

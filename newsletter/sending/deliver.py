@@ -69,7 +69,9 @@ def deliver(
     With a `registry` on a shared-send database, this worker claims batches
     and leaves the rest to the other workers.
     """
-    assert issue.id is not None and settings.from_address is not None
+    if issue.id is None:
+        raise ValueError("deliver() needs an issue saved in the database")
+    settings.require("from_address")
     started = time.monotonic()
     policy = policy or policy_from(settings)
     template = MessageTemplate(

@@ -252,7 +252,7 @@ class Sender:
         self.report.count("deferred")  # DEFER or RECONNECT (421 after every reconnect)
         delays = self.policy.retry_delays or (60.0,)
         base = delays[min(recipient.attempts, len(delays) - 1)]
-        retry_in = base * random.uniform(0.8, 1.2)
+        retry_in = base * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not a secret
         return [Finished(recipient, DeliveryStatus.DEFERRED, text, retry_in=retry_in)]
 
     def _refused(self, recipient: Recipient, reply: Reply, outcome: Outcome) -> list[Finished]:

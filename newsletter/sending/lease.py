@@ -10,6 +10,7 @@ containers may share one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import threading
@@ -31,7 +32,7 @@ def pid_space() -> str | None:
     """
     try:
         boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        namespace = os.stat("/proc/self/ns/pid").st_ino
+        namespace = Path("/proc/self/ns/pid").stat().st_ino
     except OSError:
         return None
     return f"{boot}:{namespace}" if boot else None
@@ -92,7 +93,5 @@ class Heartbeat:
 
     def _run(self) -> None:
         while not self.stopped.wait(self.interval):
-            try:
+            with contextlib.suppress(Exception):  # retried at the next beat; the lease is long
                 self.beat()
-            except Exception:  # noqa: BLE001 - a missed beat is retried; the lease is long
-                continue

@@ -198,7 +198,8 @@ class Ledger:
         now: datetime,
     ) -> list[bool | None]:
         raw = conn.connection.driver_connection  # sqlite3, autocommit (see db.py)
-        assert raw is not None
+        if raw is None:
+            raise RuntimeError("the SQLite connection is closed")
         cursor = raw.cursor()
 
         def run(name: str, params: dict[str, Any]) -> int:

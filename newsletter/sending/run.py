@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from sqlalchemy.engine import Engine
 
@@ -80,12 +81,12 @@ def read_feed(
     the validators are known. A run that records nothing asks unconditionally: a 304
     would leave it no stories to show, as it records none for the next run either."""
     settings.require("feed_url")
-    assert settings.feed_url is not None
+    url = cast(str, settings.feed_url)  # set: require() raised otherwise
     etag = modified = None
-    http = settings.feed_url.startswith(("http://", "https://"))
+    http = url.startswith(("http://", "https://"))
     if conditional and engine is not None and http:
-        etag, modified = issue_store.feed_validators(engine, settings.feed_url)
-    fetched = fetch_feed(settings.feed_url, etag=etag, last_modified=modified)
+        etag, modified = issue_store.feed_validators(engine, url)
+    fetched = fetch_feed(url, etag=etag, last_modified=modified)
     if fetched.data is None:
         return None, fetched
     return parse_feed(fetched.data, base_url=fetched.url), fetched
@@ -107,7 +108,7 @@ def send_test_copy(
     template = MessageTemplate(
         settings, subject=rendered.subject, html=rendered.html, text=rendered.text, issue_id=None
     )
-    assert settings.from_address is not None
+    settings.require("from_address")
     data = template.personalise(
         to, None, "test-copy", message_id=template.new_message_id(), date=message_date()
     )
