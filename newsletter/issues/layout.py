@@ -6,16 +6,18 @@ read); this module only adjusts it for a 600 px email read on a 375 px phone:
 - headings are demoted below the story's own <h2>, keeping their order
   (a post's <h2>, <h4> become <h3>, <h4>: no level is skipped, as screen
   readers and axe's heading-order rule expect);
-- image width/height attributes are capped at the column width, the height
-  scaled to match (Outlook obeys the attributes, not the CSS max-width);
+- an image's width attribute is capped at the column width (Outlook obeys
+  the attribute, not the CSS max-width) and its height attribute dropped:
+  every client scales the height to the width, and SpamAssassin reads
+  width x height as image area (HTML_IMAGE_RATIO_* on a photo-rich post);
 - a figure of a small image (a classic gallery's thumbnails) gets
   class="thumb", so a run of them sits side by side and wraps (CSS).
 
 Tables are not stacked on a phone (a cell alone loses its column header):
 their columns share the width and their cells wrap, long words included.
 
-Everything else (tables that wrap, pre-wrap code, captions, galleries, long
-URLs) is done by CSS in templates/_email.css, inlined by premailer.
+Everything else (pre-wrap code, captions, galleries, long URLs) is done by
+CSS in templates/_email.css, inlined by premailer.
 
     fit_to_column(html, *, column=COLUMN_WIDTH, below=2) -> str
 """
@@ -71,18 +73,10 @@ def demote_headings(html: str, below: int = 2) -> str:
 
 
 def _fit_image(tag: str, column: int) -> str:
-    sizes = {
-        m.group(1).lower(): int(m.group(2) or m.group(3) or m.group(4)) for m in _SIZE.finditer(tag)
-    }
-    width, height = sizes.get("width"), sizes.get("height")
-    if not width or width <= column:
-        return tag
-    new_height = round(height * column / width) if height else None
-
     def replace(match: re.Match[str]) -> str:
-        name = match.group(1).lower()
-        if name == "width":
-            return f' width="{column}"'
-        return f' height="{new_height}"' if new_height else ""
+        if match.group(1).lower() == "height":
+            return ""
+        width = int(match.group(2) or match.group(3) or match.group(4))
+        return f' width="{min(width, column)}"'
 
     return _SIZE.sub(replace, tag)
