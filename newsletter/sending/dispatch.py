@@ -27,6 +27,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Literal
 
 from sqlalchemy.engine import Engine
 
@@ -51,6 +52,8 @@ from newsletter.sending.pacing import Limiter, RateLimiter
 from newsletter.sending.policy import Policy
 from newsletter.sending.work import BOUNCE, REQUEUE, Finished, Recipient
 
+#: The counters of a Report (its attribute names), for `Report.count`.
+Counter = Literal["sent", "deferred", "failed", "bounced", "unknown", "skipped", "requeued"]
 #: Messages in a row taken by the server and never answered before the run stops.
 SILENT_LIMIT = 2
 
@@ -81,7 +84,7 @@ class Report:
     breaker: Breaker = field(default_factory=Breaker, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def count(self, name: str) -> None:
+    def count(self, name: Counter) -> None:
         with self._lock:
             setattr(self, name, getattr(self, name) + 1)
 
