@@ -19,6 +19,13 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def table_of(model: type[SQLModel]) -> sa.Table:
+    """The Core table behind a model, for SQLAlchemy Core queries, typed: SQLModel's metaclass
+    sets `__table__` when the class is made, where no type checker can see it."""
+    table: sa.Table = model.__table__  # type: ignore[attr-defined]  # set by the metaclass
+    return table
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """Stores UTC (naive in SQLite, aware in PostgreSQL) and always returns aware UTC."""
 

@@ -16,12 +16,13 @@ from newsletter.models import (
     Issue,
     SendLock,
     SendWorker,
+    table_of,
     utcnow,
 )
 from newsletter.sending.lease import LEASE
 from newsletter.subscribers.manage import counts_by_status
 
-D = Delivery.__table__
+D = table_of(Delivery)
 
 
 @dataclass
@@ -64,7 +65,7 @@ class StatusReport:
 def status_report(engine: Engine, *, limit: int = 5) -> StatusReport:
     subscribers = counts_by_status(engine)
     with engine.connect() as conn:
-        ISSUES = Issue.__table__
+        ISSUES = table_of(Issue)
         rows = conn.execute(
             sa.select(ISSUES.c.id, ISSUES.c.created_at, ISSUES.c.status, ISSUES.c.subject)
             .order_by(ISSUES.c.id.desc())
@@ -72,7 +73,7 @@ def status_report(engine: Engine, *, limit: int = 5) -> StatusReport:
         ).all()
         lines = []
         for issue_id, created_at, state, subject in rows:
-            counts = dict(
+            counts: dict[str, int] = dict(
                 conn.execute(
                     sa.select(D.c.status, sa.func.count())
                     .where(D.c.issue_id == issue_id)
@@ -105,7 +106,7 @@ def status_report(engine: Engine, *, limit: int = 5) -> StatusReport:
                 if error:
                     line.last_errors[kind] = error
             lines.append(line)
-        lock = conn.execute(sa.select(SendLock.__table__)).first()
+        lock = conn.execute(sa.select(table_of(SendLock))).first()
         workers = _workers(conn)
     by_issue = bounce_counts_by_issue(engine)
     for line in lines:
@@ -117,7 +118,7 @@ def status_report(engine: Engine, *, limit: int = 5) -> StatusReport:
 
 
 def _workers(conn: sa.Connection) -> list[WorkerLine]:
-    W = SendWorker.__table__
+    W = table_of(SendWorker)
     rows = conn.execute(
         sa.select(
             W.c.id, W.c.host, W.c.pid, W.c.issue_id, W.c.sent, W.c.started_at, W.c.heartbeat_at

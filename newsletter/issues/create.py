@@ -37,6 +37,7 @@ from newsletter.models import (
     StoryState,
     Subscriber,
     SubscriberStatus,
+    table_of,
     utcnow,
 )
 
@@ -72,7 +73,8 @@ def plan_issue(engine: Engine, feed: Feed, *, max_stories: int) -> Plan:
     with read_session(engine) as session:
         known = _known_uids(session, [s.uid for s in feed.stories])
         pending: list[FeedStory | Story] = [s for s in feed.stories if s.uid not in known]
-        pending += list(session.exec(select(Story).where(Story.state == StoryState.NEW)))
+        unsent: list[Story] = list(session.exec(select(Story).where(Story.state == StoryState.NEW)))
+        pending += unsent
         first_send = session.exec(select(func.count()).select_from(Issue)).one() == 0
         recipients = active_count(session)
     pending.sort(key=_sort_key, reverse=True)
@@ -237,7 +239,8 @@ def create_issue(
         issue = Issue(subject="", html="", text="", status=IssueStatus.SENDING)
         session.add(issue)
         session.flush()
-        assert issue.id is not None
+        if issue.id is None:
+            raise RuntimeError("the database gave the new issue no id")
         wanted = len(chosen)
         rendered, chosen = render_within_size(
             chosen, settings, issue_id=issue.id, feed_title=feed.title, feed_link=feed.link
@@ -252,13 +255,13 @@ def create_issue(
         session.execute(
             sa.insert(Delivery).from_select(
                 ["issue_id", "subscriber_id", "status", "attempts", "updated_at"],
-                select(
+                sa.select(
                     sa.literal(issue.id),
-                    Subscriber.id,
+                    col(Subscriber.id),
                     sa.literal(DeliveryStatus.PENDING),
                     sa.literal(0),
-                    sa.literal(now, type_=Delivery.__table__.c.updated_at.type),
-                ).where(Subscriber.status == SubscriberStatus.ACTIVE),
+                    sa.literal(now, type_=table_of(Delivery).c.updated_at.type),
+                ).where(col(Subscriber.status) == SubscriberStatus.ACTIVE),
             )
         )
         return Created(

@@ -7,6 +7,7 @@ an HTML challenge page from a CDN is caught here by its content type and root.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import html.parser
 import http.client
@@ -127,17 +128,12 @@ def _looks_like_a_web_address(given: str) -> bool:
     return suffix is not None and suffix != host
 
 
+@functools.cache
 def _public_suffixes() -> Any:
-    """The Public Suffix List the publicsuffixlist package ships (loaded once)."""
-    global _PSL
-    if _PSL is None:
-        from publicsuffixlist import PublicSuffixList
+    """The Public Suffix List the publicsuffixlist package ships (loaded once, when needed)."""
+    from publicsuffixlist import PublicSuffixList
 
-        _PSL = PublicSuffixList()
-    return _PSL
-
-
-_PSL: Any = None
+    return PublicSuffixList()
 
 
 class _DeadlinePassed(TimeoutError):
@@ -240,7 +236,7 @@ class _DeadlineHTTPConnection(http.client.HTTPConnection):
     def connect(self) -> None:
         self.timeout = self._deadline.wait()
         super().connect()
-        self.sock = _DeadlineSocket(self.sock, self._deadline)  # type: ignore[assignment]
+        self.sock = _DeadlineSocket(self.sock, self._deadline)
 
 
 class _DeadlineHTTPSConnection(http.client.HTTPSConnection):
@@ -251,7 +247,7 @@ class _DeadlineHTTPSConnection(http.client.HTTPSConnection):
     def connect(self) -> None:
         self.timeout = self._deadline.wait()  # bounds the TCP connect and the TLS handshake
         super().connect()
-        self.sock = _DeadlineSocket(self.sock, self._deadline)  # type: ignore[assignment]
+        self.sock = _DeadlineSocket(self.sock, self._deadline)
 
 
 class _DeadlineHTTPHandler(urllib.request.HTTPHandler):
@@ -260,7 +256,7 @@ class _DeadlineHTTPHandler(urllib.request.HTTPHandler):
         self._deadline = deadline
 
     def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(  # type: ignore[no-any-return]
+        return self.do_open(
             functools.partial(_DeadlineHTTPConnection, deadline=self._deadline), req
         )
 
@@ -271,7 +267,7 @@ class _DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
         self._deadline = deadline
 
     def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(  # type: ignore[no-any-return]
+        return self.do_open(
             functools.partial(_DeadlineHTTPSConnection, deadline=self._deadline), req
         )
 
@@ -307,7 +303,8 @@ def _fetch_http(
     )
     timeout = deadline.per_wait
     try:
-        request = urllib.request.Request(url, headers=headers)
+        # only http(s) gets here (fetch checks the scheme, redirects are held to it too)
+        request = urllib.request.Request(url, headers=headers)  # noqa: S310
         with opener.open(request, timeout=timeout) as response:
             final_url = response.geturl()
             raw = _read_capped(response, deadline, shown)
@@ -380,11 +377,9 @@ class _FeedLinks(html.parser.HTMLParser):
 def advertised_feeds(data: bytes, page_url: str | None) -> list[str]:
     """The feed URLs an HTML page advertises in its head, made absolute (http(s) only)."""
     parser = _FeedLinks()
-    try:
+    with contextlib.suppress(Exception):  # html.parser is lenient; a hint never fails a fetch
         parser.feed(data[:262144].decode("utf-8", errors="replace"))
         parser.close()
-    except Exception:  # noqa: BLE001 (html.parser is lenient; a hint never fails a fetch)
-        pass
     base = page_url if page_url and urlsplit(page_url).scheme in ("http", "https") else None
     found: list[str] = []
     for href in parser.hrefs:

@@ -224,10 +224,11 @@ def cap_line_length(text: str, limit: int = 900) -> str:
     """Hard-split any line longer than `limit` (a pathological URL): SMTP caps lines at 998."""
     lines: list[str] = []
     for line in text.split("\n"):
-        while len(line) > limit:
-            lines.append(line[:limit])
-            line = line[limit:]
-        lines.append(line)
+        rest = line
+        while len(rest) > limit:
+            lines.append(rest[:limit])
+            rest = rest[limit:]
+        lines.append(rest)
     return "\n".join(lines)
 
 

@@ -21,15 +21,15 @@ import ftfy
 import nh3
 
 __all__ = [
-    "clean_text",
     "clean_html",
+    "clean_text",
     "display_url",
-    "normalize_link",
-    "plain_id",
     "first_content_image",
     "is_avatar",
     "is_emoji_image",
     "is_gravatar",
+    "normalize_link",
+    "plain_id",
     "safe_url",
 ]
 
