@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import ipaddress
 import re
 import socket
@@ -46,7 +47,7 @@ def parse_dns_server(value: str) -> tuple[str, int]:
         ipaddress.ip_address(host)
     except ValueError:
         try:
-            host = socket.getaddrinfo(host, None)[0][4][0]
+            host = str(socket.getaddrinfo(host, None)[0][4][0])
         except OSError:
             raise ConfigError(f"DNS server {value!r}: cannot resolve {host!r}") from None
     return str(host), int(port)
@@ -104,7 +105,7 @@ class TxtLookup:
         except dns.exception.DNSException as exc:
             raise DnsFailure(str(exc) or exc.__class__.__name__) from None
         else:
-            records = [b"".join(r.strings).decode("utf-8", "replace") for r in answer]  # type: ignore[attr-defined]
+            records = [b"".join(r.strings).decode("utf-8", "replace") for r in answer]
         self.cache[name] = records
         return records
 
@@ -184,8 +185,8 @@ def _walk_spf(dns_lookup: TxtLookup, record: str, walk: _SpfWalk, path: tuple[st
         elif name == "redirect" and value and not has_all:  # ignored when 'all' is there
             walk.lookups += 1
             targets.append(("redirect", value))
-    for kind, target in targets:
-        target = target.rstrip(".")
+    for kind, given in targets:
+        target = given.rstrip(".")
         before = walk.lookups
         if "%" in target:  # a macro, expanded per message: nothing to follow here
             continue
@@ -346,7 +347,7 @@ def check_dkim(dns_lookup: TxtLookup, settings: Settings) -> Check:
             exc.message,
             "`newsletter dkim keygen` writes a key and prints the record to publish",
         )
-    if key is None:
+    if key is None or settings.dkim_private_key is None:  # load_key: no key means no key path
         return Check(
             "dkim",
             Status.WARN,
@@ -355,7 +356,6 @@ def check_dkim(dns_lookup: TxtLookup, settings: Settings) -> Check:
             "if your mail provider signs, check its DKIM set-up there; to sign here, run "
             "`newsletter dkim keygen`",
         )
-    assert settings.dkim_private_key is not None
     ours = GeneratedKey(
         settings.dkim_private_key,
         key.selector,
@@ -426,7 +426,10 @@ def _dmarc_records(dns_lookup: TxtLookup, domain: str) -> list[str]:
     return [r for r in dns_lookup.txt(f"_dmarc.{domain}") if _DMARC.match(r)]
 
 
-_PSL: PublicSuffixList | None = None
+@functools.cache
+def _public_suffixes() -> PublicSuffixList:
+    """The shipped Public Suffix List, parsed once, on first use."""
+    return PublicSuffixList()
 
 
 def organisational_domain(domain: str) -> str:
@@ -436,11 +439,8 @@ def organisational_domain(domain: str) -> str:
     download); a name under an unknown top-level domain (like .test) keeps
     its last two labels.
     """
-    global _PSL
-    if _PSL is None:
-        _PSL = PublicSuffixList()
     name = domain.strip().rstrip(".").lower()
-    return _PSL.privatesuffix(name) or name
+    return _public_suffixes().privatesuffix(name) or name
 
 
 def check_dmarc(dns_lookup: TxtLookup, domain: str) -> Check:

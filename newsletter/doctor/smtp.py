@@ -6,6 +6,7 @@ import smtplib
 import socket
 import ssl
 from dataclasses import dataclass, field
+from typing import Any
 
 from newsletter.config import SmtpConfig
 from newsletter.doctor.local import is_loopback
@@ -41,7 +42,10 @@ class _RemembersHost(smtplib.SMTP):
     (to read the greeting, which the constructor discards), so `connect` records it."""
 
     def connect(
-        self, host: str = "localhost", port: int = 0, source_address: tuple[str, int] | None = None
+        self,
+        host: str = "localhost",
+        port: int = 0,
+        source_address: Any = None,  # smtplib's own type for it is private to its stubs
     ) -> tuple[int, bytes]:
         self._host = host
         return super().connect(host, port, source_address)
