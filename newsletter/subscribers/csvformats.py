@@ -14,7 +14,7 @@ import codecs
 import csv
 import re
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -84,7 +84,13 @@ STATUS_WORDS = {
 _WORD_STATUS = {word: status for status, words in STATUS_WORDS.items() for word in words}
 _FALSE = {"", "false", "no", "n", "0", "off", "none", "null"}
 _TRUE = {"true", "yes", "y", "1", "on", "subscribed", "x"}
-_RANK = {_S.ACTIVE: 0, _S.PENDING: 1, _S.UNSUBSCRIBED: 2, _S.BOUNCED: 3, _S.COMPLAINED: 4}
+_RANK: dict[str, int] = {
+    _S.ACTIVE: 0,
+    _S.PENDING: 1,
+    _S.UNSUBSCRIBED: 2,
+    _S.BOUNCED: 3,
+    _S.COMPLAINED: 4,
+}
 
 
 @dataclass(frozen=True)
@@ -216,6 +222,61 @@ def read_contact(cells: list[str], cols: Columns, header: list[str]) -> Contact:
     if status in _S.SUPPRESSED:
         contact.unsubscribed_at = parse_when(_cell(cells, cols.unsubscribed))
     return contact
+
+
+#: read_contact's result as a tuple: (email, name, status, opt_in_at, confirmed_at,
+#: unsubscribed_at, consent_ip, problem); an import makes one per row, so no object.
+ContactRow = tuple[
+    str, str | None, str, datetime | None, datetime | None, datetime | None, str | None, str | None
+]
+
+
+def row_reader(cols: Columns, header: list[str]) -> Callable[[list[str]], ContactRow]:
+    """`read_contact` for one file, as a function of the cells returning a ContactRow.
+
+    A file without status or flag columns (most exports) gets a reader specialised
+    to its columns, about three times faster than the general one; any other file
+    gets `read_contact` itself. Both give the same values (a property test checks).
+    """
+    if cols.statuses or cols.active_flags or cols.inactive_flags:
+
+        def general(cells: list[str]) -> ContactRow:
+            c = read_contact(cells, cols, header)
+            return (
+                c.email, c.name, c.status, c.opt_in_at, c.confirmed_at, c.unsubscribed_at,
+                c.consent_ip, c.problem,
+            )  # fmt: skip
+
+        return general
+    status = cols.file_status or _S.ACTIVE
+    inactive = status in _S.SUPPRESSED
+    e, n, f, la = cols.email, cols.name, cols.first, cols.last
+    o, c, i, u = cols.opt_in, cols.confirmed, cols.ip, cols.unsubscribed
+
+    def fast(cells: list[str]) -> ContactRow:
+        size = len(cells)
+        email = cells[e].strip() if e < size else ""
+        if email[:1] == "'":
+            email = restore_cell(email)
+        name = cells[n].strip() if n is not None and n < size else ""
+        if name[:1] == "'":
+            name = restore_cell(name)
+        if not name and (f is not None or la is not None):
+            first = cells[f].strip() if f is not None and f < size else ""
+            last = cells[la].strip() if la is not None and la < size else ""
+            name = f"{first} {last}" if first and last else first or last
+        return (
+            email,
+            name or None,
+            status,
+            parse_when(cells[o]) if o is not None and o < size else None,
+            parse_when(cells[c]) if c is not None and c < size else None,
+            parse_when(cells[u]) if inactive and u is not None and u < size else None,
+            cells[i].strip()[:64] or None if i is not None and i < size else None,
+            None,
+        )
+
+    return fast
 
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")

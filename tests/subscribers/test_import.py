@@ -306,6 +306,7 @@ def test_interrupted_while_writing_keeps_whole_batches_and_resumes(
 ) -> None:
     """The documented guarantee: committed batches are whole; the same import again finishes."""
     monkeypatch.setattr(importer, "BATCH", 3)
+    monkeypatch.setattr(importer, "BATCH_SECONDS", 0.0)  # batches of exactly BATCH rows
     path = _numbered_file(tmp_path, 20)
     writes: list[int] = []
 
