@@ -205,10 +205,16 @@ class Settings:
             raise MissingSettings(tuple(missing), detail=detail)
 
     @property
+    def sender(self) -> Address:
+        """The From address, required: MissingSettings names NEWSLETTER_FROM when it is unset.
+        Typed as set, so the code that needs it asks here instead of asserting."""
+        if self.from_address is None:
+            raise MissingSettings((ENV_NAMES["from_address"],))
+        return self.from_address
+
+    @property
     def from_domain(self) -> str:
-        self.require("from_address")
-        assert self.from_address is not None
-        return self.from_address.domain
+        return self.sender.domain
 
     @property
     def list_title(self) -> str:
@@ -222,9 +228,8 @@ class Settings:
     @property
     def list_id(self) -> str:
         """RFC 2919 List-Id value, derived from the From address."""
-        self.require("from_address")
-        assert self.from_address is not None
-        ident = f"{self.from_address.username}.{self.from_address.domain}".lower()
+        sender = self.sender
+        ident = f"{sender.username}.{sender.domain}".lower()
         ident = "".join(c if c.isalnum() or c in ".-" else "-" for c in ident)
         title = "".join(c for c in self.list_title if c.isprintable() and c not in '"\\<>')
         return f'"{title}" <{ident}>' if title else f"<{ident}>"

@@ -126,7 +126,8 @@ class DkimKey:
 
 def _key_from_der(der: bytes, selector: str, domain: str) -> DkimKey:
     key = serialization.load_der_private_key(der, password=None)
-    assert isinstance(key, rsa.RSAPrivateKey)
+    if not isinstance(key, rsa.RSAPrivateKey):  # __reduce__ above only ever writes RSA keys
+        raise TypeError(f"a DKIM key passed between processes is {type(key).__name__}, not RSA")
     return DkimKey(key, selector, domain)
 
 
@@ -162,8 +163,7 @@ def load_key(settings: Settings) -> DkimKey | None:
         raise ConfigError(f"{key_env} is not set, but {selector_env} is: DKIM signing needs both")
     if not selector:
         raise ConfigError(f"{selector_env} is not set, but {key_env} is: DKIM signing needs both")
-    settings.require("from_address")
-    assert settings.from_address is not None
+    sender = settings.sender  # MissingSettings when NEWSLETTER_FROM is unset
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -188,7 +188,7 @@ def load_key(settings: Settings) -> DkimKey | None:
             f"{key_env}: {path} is a {key.key_size}-bit RSA key; "
             f"receivers ignore keys under {MIN_KEY_BITS} bits (use {KEY_BITS})"
         )
-    return DkimKey(key, selector, _ascii_domain(settings.from_address.domain))
+    return DkimKey(key, selector, _ascii_domain(sender.domain))
 
 
 # ---- signing --------------------------------------------------------------

@@ -121,13 +121,11 @@ class MessageTemplate:
     def __init__(
         self, settings: Settings, *, subject: str, html: str, text: str, issue_id: int | None
     ) -> None:
-        settings.require("from_address")
-        assert settings.from_address is not None
         self.settings = settings
-        self.domain = settings.from_address.domain
+        self.domain = settings.sender.domain  # MissingSettings when NEWSLETTER_FROM is unset
         self.boundary = f"=_nl_{secrets.token_hex(12)}_="  # '=' never occurs in QP output
         static = EmailMessage(policy=SMTP)
-        static["From"] = settings.from_address
+        static["From"] = settings.sender
         subject = header_safe(subject, 250)
         literal = "=?" in subject  # the policy would decode a feed's own encoded-word (CR LF)
         if not literal:

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from smtplib import quoteaddr
+from typing import cast
 
 from newsletter.config import Settings, SmtpConfig
 from newsletter.errors import LoginRefused, TransportError
@@ -120,6 +121,10 @@ class SMTPTransport(BaseTransport):
 
     def connect(self) -> None:
         """Open, say EHLO, STARTTLS and log in; server-level failures raise TransportError."""
+        self._smtp = self._open()
+
+    def _open(self) -> smtplib.SMTP:
+        """A connection ready for MAIL FROM (what connect() keeps)."""
         cfg = self.config
         where = f"{cfg.host}:{cfg.port}"
         context = self.ssl_context or ssl.create_default_context()
@@ -172,7 +177,7 @@ class SMTPTransport(BaseTransport):
             raise TransportError(
                 f"cannot connect to SMTP server {where}: {_describe(exc)}"
             ) from None
-        self._smtp = smtp
+        return smtp
 
     @staticmethod
     def _abandon(smtp: smtplib.SMTP | None) -> None:
@@ -192,10 +197,9 @@ class SMTPTransport(BaseTransport):
     # -- one message ------------------------------------------------------------
 
     def send(self, mail_from: str, rcpt: str, data: bytes) -> Reply:
-        if self._smtp is None:
-            self.connect()
         smtp = self._smtp
-        assert smtp is not None
+        if smtp is None:
+            smtp = self._smtp = self._open()
         body_sent = False
         try:
             refused = self._envelope(smtp, mail_from, rcpt)
@@ -265,15 +269,15 @@ class SMTPTransport(BaseTransport):
     def _refused(self, code: int, text: bytes, stage: str) -> Reply:
         """A refusal before the body: reset the transaction so the connection can go on."""
         reply = Reply(code, _reply_text(text), stage)
-        if code == 421 or code == -1:
+        if code in {421, -1}:
             self._abandon(self._smtp)
             self._smtp = None
             if code == -1:
                 raise ConnectionLost(reply.text or "connection closed", after_body=False)
             return reply
         try:
-            assert self._smtp is not None
-            self._smtp.rset()
+            if self._smtp is not None:  # always, on the send that got the refusal
+                self._smtp.rset()
         except (smtplib.SMTPException, OSError):
             self._abandon(self._smtp)
             self._smtp = None
@@ -350,8 +354,7 @@ def transport_factory(settings: Settings) -> TransportFactory:
 
         def outbox() -> BaseTransport:
             settings.require(destination=True)  # neither set: a ConfigError naming both
-            assert settings.outbox is not None
-            return OutboxTransport(settings.outbox)
+            return OutboxTransport(cast(Path, settings.outbox))  # set: require() raised otherwise
 
         return outbox
     return lambda: SMTPTransport(

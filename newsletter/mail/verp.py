@@ -100,6 +100,4 @@ def envelope_sender(settings: Settings, delivery_id: int | None) -> str:
             return bounce
         local, _, domain = bounce.rpartition("@")
         return f"{local}+{make_token(settings, delivery_id)}@{domain}"
-    settings.require("from_address")
-    assert settings.from_address is not None
-    return settings.from_address.addr_spec
+    return settings.sender.addr_spec

@@ -336,8 +336,7 @@ def send_owed_confirmations(
     A refused address is recorded (`confirm_error`); a temporary failure, a
     dropped connection or an unreachable server waits for the next backoff step.
     """
-    settings.require("from_address")
-    assert settings.from_address is not None
+    sender = settings.sender  # MissingSettings when NEWSLETTER_FROM is unset
     now = now or utcnow()
     result = DrainResult()
     stmt = sa.select(col(Subscriber.id)).where(*_due(now)).order_by(col(Subscriber.confirm_send_at))
@@ -365,7 +364,7 @@ def send_owed_confirmations(
             try:
                 if transport is None:
                     transport = factory()
-                reply = transport.send(settings.from_address.addr_spec, job.email, data)
+                reply = transport.send(sender.addr_spec, job.email, data)
             except ConnectionLost as exc:
                 transport = None
                 if exc.after_body:  # the server may have it: never send twice
@@ -567,4 +566,3 @@ def unsubscribe_status(engine: Engine, token: str) -> str | None:
     with read_session(engine) as session:
         stmt = select(Subscriber.status).where(Subscriber.token == token)
         return session.exec(stmt).first()
-
