@@ -27,12 +27,12 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from newsletter.models import Delivery, DeliveryStatus, SendWorker, utcnow
+from newsletter.models import Delivery, DeliveryStatus, SendWorker, table_of, utcnow
 from newsletter.sending.lease import HEARTBEAT, LEASE, is_dead, pid_space
 from newsletter.sending.work import Recipient
 
-D: sa.Table = Delivery.__table__  # type: ignore[attr-defined]
-W: sa.Table = SendWorker.__table__  # type: ignore[attr-defined]
+D = table_of(Delivery)
+W = table_of(SendWorker)
 BATCH = 200
 #: A worker that missed three heartbeats looks dead: wait for its lease, then take over.
 SUSPECT_AFTER = 3 * timedelta(seconds=HEARTBEAT)

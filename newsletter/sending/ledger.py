@@ -20,12 +20,19 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from newsletter.models import Delivery, DeliveryStatus, Subscriber, SubscriberStatus, utcnow
+from newsletter.models import (
+    Delivery,
+    DeliveryStatus,
+    Subscriber,
+    SubscriberStatus,
+    table_of,
+    utcnow,
+)
 from newsletter.sending.policy import Policy
 from newsletter.sending.work import BOUNCE, REQUEUE, Finished, Recipient
 
-D: sa.Table = Delivery.__table__  # type: ignore[attr-defined]
-S: sa.Table = Subscriber.__table__  # type: ignore[attr-defined]
+D = table_of(Delivery)
+S = table_of(Subscriber)
 RETRIES = 5
 _RETRYABLE = {"40P01", "40001"}  # deadlock_detected, serialization_failure
 

@@ -17,13 +17,21 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from newsletter.db import write_transaction
-from newsletter.models import Delivery, DeliveryStatus, Issue, IssueStatus, Subscriber, utcnow
+from newsletter.models import (
+    Delivery,
+    DeliveryStatus,
+    Issue,
+    IssueStatus,
+    Subscriber,
+    table_of,
+    utcnow,
+)
 from newsletter.sending.claims import LOST, reap, shared_sends
 from newsletter.sending.work import Recipient
 
-D: sa.Table = Delivery.__table__  # type: ignore[attr-defined]
-S: sa.Table = Subscriber.__table__  # type: ignore[attr-defined]
-ISSUES: sa.Table = Issue.__table__  # type: ignore[attr-defined]
+D = table_of(Delivery)
+S = table_of(Subscriber)
+ISSUES = table_of(Issue)
 #: Deliveries read per query by `due_recipients` (memory stays flat on any list).
 PAGE = 1000
 

@@ -18,11 +18,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from newsletter.db import write_transaction
-from newsletter.models import SendWorker, utcnow
+from newsletter.models import SendWorker, table_of, utcnow
 from newsletter.sending.claims import Claims, renew
 from newsletter.sending.lease import HEARTBEAT, LEASE, Heartbeat, new_id, pid_space
 
-W: sa.Table = SendWorker.__table__  # type: ignore[attr-defined]
+W = table_of(SendWorker)
 
 
 class WorkerRegistry:
