@@ -21,6 +21,7 @@ import ssl
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 from urllib.parse import unquote, urlsplit
 
 from sqlalchemy.engine import Engine
@@ -167,7 +168,7 @@ def _quote(name: str) -> str:
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _check(result: tuple[str, list[object]], what: str) -> list[object]:
+def _check(result: tuple[str, Sequence[object]], what: str) -> Sequence[object]:
     typ, data = result
     if typ != "OK":
         detail = b" ".join(d for d in data if isinstance(d, bytes)).decode("utf-8", "replace")
@@ -229,8 +230,9 @@ class ImapMailbox:
             self.conn.subscribe(_quote(self.folder))
 
     def uids(self) -> list[bytes]:
-        data = _check(self.conn.uid("SEARCH", None, "ALL"), "SEARCH")
-        return [uid for uid in (data[0] or b"").split() if uid] if data else []  # type: ignore[union-attr]
+        data = _check(self.conn.uid("SEARCH", "ALL"), "SEARCH")  # no CHARSET: UID SEARCH ALL
+        found = data[0] if data else None
+        return [uid for uid in found.split() if uid] if isinstance(found, bytes) else []
 
     def sizes(self, uids: list[bytes]) -> dict[bytes, int]:
         """RFC822.SIZE of each message, asked before any body is fetched."""
@@ -254,7 +256,7 @@ class ImapMailbox:
             if sizes.get(uid, 0) > limit:
                 yield uid, source, TooLarge(sizes[uid])
                 continue
-            data = _check(self.conn.uid("FETCH", uid, "(BODY.PEEK[])"), f"FETCH {uid!r}")
+            data = _check(self.conn.uid("FETCH", uid.decode(), "(BODY.PEEK[])"), f"FETCH {uid!r}")
             for item in data:
                 if isinstance(item, tuple) and _UID.search(item[0]):
                     yield uid, source, item[1]
@@ -276,8 +278,7 @@ class ImapMailbox:
 def fetch_imap(engine: Engine, settings: Settings, *, folder: str = DEFAULT_FOLDER) -> BounceReport:
     """`newsletter bounces fetch`: process the IMAP mailbox, move what was recorded."""
     settings.require("bounce_imap_url")
-    assert settings.bounce_imap_url is not None
-    cfg = parse_imap_url(settings.bounce_imap_url)
+    cfg = parse_imap_url(cast(str, settings.bounce_imap_url))  # set: require() raised otherwise
     if folder.strip().upper() == cfg.mailbox.upper():
         raise ConfigError(f"the processed folder {folder!r} is the mailbox being read")
     conn = _connect(cfg)

@@ -54,6 +54,7 @@ from newsletter.models import (
     Delivery,
     Subscriber,
     SubscriberStatus,
+    table_of,
     utcnow,
 )
 
@@ -412,7 +413,7 @@ def process_messages(
 
 def unmatched_report_count(engine: Engine) -> int:
     """Bounces and complaints recorded that changed nobody (no proof they were ours)."""
-    table = BounceEvent.__table__  # type: ignore[attr-defined]
+    table = table_of(BounceEvent)
     query = sa.select(sa.func.count()).where(
         table.c.subscriber_id.is_(None), table.c.kind != BounceKind.IGNORED
     )
@@ -427,7 +428,7 @@ def bounce_counts_by_issue(engine: Engine) -> dict[int, dict[str, int]]:
     the same failure twice does not count it twice. Issues without any are absent.
     """
     kinds = (BounceKind.HARD, BounceKind.SOFT, BounceKind.COMPLAINT, BounceKind.POLICY)
-    table = BounceEvent.__table__  # type: ignore[attr-defined]
+    table = table_of(BounceEvent)
     query = (
         sa.select(table.c.issue_id, table.c.kind, sa.func.count(sa.distinct(table.c.delivery_id)))
         .where(table.c.issue_id.is_not(None), table.c.kind.in_(kinds))

@@ -16,7 +16,7 @@ from typing import TextIO
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from newsletter.db import read_session, write_session
 from newsletter.errors import SubscriberError
@@ -229,7 +229,9 @@ def forget_subscriber(engine: Engine, email: str) -> ForgetResult:
         sub = _find(session, addr.key)
         deliveries = 0
         if sub is not None:
-            result = session.execute(sa.delete(Delivery).where(Delivery.subscriber_id == sub.id))
+            stmt = sa.delete(Delivery).where(col(Delivery.subscriber_id) == sub.id)
+            result = session.execute(stmt)
+            # Session.execute is typed as Result; a DELETE gives a CursorResult, which counts
             deliveries = result.rowcount or 0  # type: ignore[attr-defined]
             session.delete(sub)
         if not is_suppressed(session, addr.key):
@@ -240,7 +242,8 @@ def forget_subscriber(engine: Engine, email: str) -> ForgetResult:
 def counts_by_status(engine: Engine) -> dict[str, int]:
     """Subscribers per status, every status present (0 when none)."""
     counts = dict.fromkeys(SubscriberStatus.ALL, 0)
-    stmt = sa.select(Subscriber.status, sa.func.count()).group_by(Subscriber.status)
+    column = col(Subscriber.status)
+    stmt = sa.select(column, sa.func.count()).group_by(column)
     with read_session(engine) as session:
         for status, count in session.execute(stmt):
             counts[status] = count

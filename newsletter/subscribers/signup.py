@@ -556,6 +556,7 @@ def expire_pending(engine: Engine, *, now: datetime | None = None) -> int:
             .where(*stale)
             .values(confirm_token=None, confirm_send_at=None, confirm_used_at=None)
         )
+        # Session.execute is typed as Result; a DELETE gives a CursorResult, which counts
         return int(deleted.rowcount or 0)  # type: ignore[attr-defined]
 
 
