@@ -510,9 +510,16 @@ class _Writer:
                 self._merge(conn, rows, write=False)
 
     def _merge(self, conn: sa.Connection, rows: list[_Row], *, write: bool) -> None:
-        hashes = {row[8]: row[0] for row in rows}
-        found = set(conn.execute(_FORGOTTEN, {"hashes": list(hashes)}).scalars())
-        current = {r[0]: r[1:] for r in conn.execute(_EXISTING, {"keys": [r[0] for r in rows]})}
+        hashes, keys = [row[8] for row in rows], [row[0] for row in rows]
+        found: set[str]
+        raw = conn.connection.driver_connection if conn.dialect.name == "postgresql" else None
+        if raw is not None:  # psycopg: one array parameter, not thousands of expanded ones
+            with raw.cursor() as cursor:
+                found = {h for (h,) in cursor.execute(_PG_FORGOTTEN, (hashes,))}
+                current = {r[0]: r[1:] for r in cursor.execute(_PG_EXISTING, (keys,))}
+        else:
+            found = set(conn.execute(_FORGOTTEN, {"hashes": hashes}).scalars())
+            current = {r[0]: r[1:] for r in conn.execute(_EXISTING, {"keys": keys})}
         new: list[tuple[Any, ...]] = []
         updates: list[dict[str, Any]] = []
         source, now = self.report.source, self.now
@@ -550,6 +557,11 @@ class _Writer:
                 copy.write_row(row)
 
 
+_PG_FORGOTTEN = "SELECT email_hash FROM suppression WHERE email_hash = ANY(%s)"
+_PG_EXISTING = (
+    "SELECT email_key, id, name, status, opt_in_at, confirmed_at, unsubscribed_at,"
+    " unsubscribe_method, consent_ip FROM subscriber WHERE email_key = ANY(%s)"
+)
 _COPY = (
     "COPY subscriber (email, email_key, name, status, token, source, consent_ip,"
     " unsubscribe_method, created_at, updated_at, opt_in_at, confirmed_at, unsubscribed_at)"
