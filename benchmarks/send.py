@@ -137,7 +137,12 @@ def run_newsletter(workdir: Path, env: dict[str, str]) -> tuple[float, float, fl
         "print(json.dumps({'elapsed': elapsed, 'rss': rss, 'cpu': cpu}), file=sys.stderr)\n"
     )
     done = subprocess.run(
-        [sys.executable, "-c", code], env=env, cwd=workdir, capture_output=True, text=True
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if done.returncode:
         raise SystemExit(f"newsletter send failed:\n{done.stdout}\n{done.stderr}")

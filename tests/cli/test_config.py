@@ -103,7 +103,7 @@ def test_an_unknown_name_is_an_error_naming_the_nearest_setting(
 
 
 def test_an_unknown_name_far_from_any_setting_points_to_the_list(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="NEWSLETTER_XYZZY is not a setting .see .env.example"):
+    with pytest.raises(ConfigError, match=r"NEWSLETTER_XYZZY is not a setting .see .env.example"):
         load_settings(environ={"NEWSLETTER_XYZZY": "1"}, env_file=tmp_path / "none")
     assert nearest_setting("NEWSLETTER_OUTBOXX") == "NEWSLETTER_OUTBOX"
     assert nearest_setting("NEWSLETTER_DATABASE") == "NEWSLETTER_DATABASE_URL"

@@ -330,11 +330,11 @@ def test_template_undefined_and_missing(tmp_path: Path) -> None:
     custom.mkdir()
     (custom / "subject.txt").write_text("{{ no_such_thing }}", encoding="utf-8")
     settings = make_settings(tmp_path, NEWSLETTER_TEMPLATES_DIR=str(custom))
-    with pytest.raises(TemplateError, match="subject.txt.*no_such_thing"):
+    with pytest.raises(TemplateError, match=r"subject.txt.*no_such_thing"):
         render(settings)
     (custom / "email.html").write_text("{% include 'nope.html' %}", encoding="utf-8")
     (custom / "subject.txt").write_text("ok", encoding="utf-8")
-    with pytest.raises(TemplateError, match="nope.html"):
+    with pytest.raises(TemplateError, match=r"nope.html"):
         render(settings)
 
 
@@ -343,7 +343,7 @@ def test_template_without_unsubscribe_is_refused(tmp_path: Path) -> None:
     custom.mkdir()
     (custom / "email.txt").write_text("{{ list_title }}", encoding="utf-8")
     settings = make_settings(tmp_path, NEWSLETTER_TEMPLATES_DIR=str(custom))
-    with pytest.raises(TemplateError, match="email.txt"):
+    with pytest.raises(TemplateError, match=r"email.txt"):
         render(settings)
 
 

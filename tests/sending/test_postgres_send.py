@@ -279,6 +279,6 @@ def test_a_dead_process_in_our_own_pid_space_is_reaped_at_once(tmp_path: Path) -
     issue_id = _make_issue(engine, settings, 3)
     here = pid_space()
     assert here is not None  # Linux: /proc tells the boot and the pid namespace
-    gone, delivery_id = _twin(engine, issue_id, pid=_dead_pid(), space=here)
+    _gone, delivery_id = _twin(engine, issue_id, pid=_dead_pid(), space=here)
     assert reap(engine, issue_id) == 1  # lease still live, but the process is gone here
     assert _status(engine, delivery_id) == DeliveryStatus.UNKNOWN

@@ -13,10 +13,10 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import select
 
-import newsletter.subscribers.importer as importer
 from newsletter.db import open_database, read_session, write_session
 from newsletter.errors import ImportFileError
 from newsletter.models import Subscriber, SubscriberStatus
+from newsletter.subscribers import importer
 from newsletter.subscribers.importer import ImportReport, import_contacts
 from newsletter.subscribers.manage import (
     add_subscriber,

@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 
-import newsletter.subscribers.importer as importer
 from newsletter.db import open_database, write_session
 from newsletter.models import Subscriber, SubscriberStatus, Suppression
+from newsletter.subscribers import importer
 from newsletter.subscribers.manage import add_subscriber, forget_subscriber
 
 PEOPLE = ("ana@example.org", "ben@example.org", "cy@example.net", "dee@example.com", "eli@x.org")
@@ -120,7 +120,9 @@ def test_no_import_reactivates_anyone_who_left(
         elif status in SubscriberStatus.SUPPRESSED:
             assert after[email] == start[email]  # not reactivated, not even edited
     assert all(st in SubscriberStatus.ALL for st, _ in after.values())
-    assert all(name is None or "\n" not in name and "\r" not in name for _, name in after.values())
+    assert all(
+        name is None or ("\n" not in name and "\r" not in name) for _, name in after.values()
+    )
     # and the same file again changes nothing (an import is idempotent)
     again = importer.import_contacts(engine, path)
     assert _state(engine) == after

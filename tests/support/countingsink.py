@@ -62,7 +62,7 @@ class CountingSink:
                 verb = line[:4].upper()
                 if verb == b"EHLO":
                     writer.write(_EHLO)
-                elif verb == b"MAIL" or verb == b"RSET":
+                elif verb in {b"MAIL", b"RSET"}:
                     rcpts = []
                     writer.write(b"250 OK\r\n")
                 elif verb == b"RCPT":
@@ -82,7 +82,7 @@ class CountingSink:
                     break
                 else:
                     writer.write(b"250 OK\r\n")
-                if not reader._buffer:  # noqa: SLF001 - answer pipelined commands together
+                if not reader._buffer:  # a private field: answer pipelined commands together
                     await writer.drain()
             await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):

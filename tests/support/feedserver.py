@@ -37,7 +37,7 @@ class Route:
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:  # http.server's naming
         self.server.requests.append((self.path, dict(self.headers.items())))
         route = self.server.routes.get(self.path)
         if route is None:
@@ -100,7 +100,7 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             return  # the client gave up: what a deadline is for
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:  # http.server's parameter name
         """Keep test output quiet."""
 
 

@@ -150,7 +150,7 @@ class DovecotServer:
         os.chown(self.mail_dir, self.mail_uid, self.mail_gid)
         for top, dirs, files in os.walk(self.mail_dir):
             for name in dirs + files:
-                os.chown(os.path.join(top, name), self.mail_uid, self.mail_gid)
+                os.chown(Path(top, name), self.mail_uid, self.mail_gid)
 
     def _write_config(self) -> Path:
         cert = self.ca.issue_cert("127.0.0.1", "localhost")

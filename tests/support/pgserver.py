@@ -75,6 +75,6 @@ def unavailable_reason() -> str | None:
         with engine.connect() as conn:
             conn.exec_driver_sql("SELECT 1")
         engine.dispose()
-    except Exception as exc:  # noqa: BLE001 - any failure means: skip with the reason
+    except Exception as exc:  # any failure means: skip with the reason
         return f"PostgreSQL at {POSTGRES_ENV} is unreachable: {exc}"
     return None

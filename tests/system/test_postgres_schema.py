@@ -11,8 +11,8 @@ from alembic.migration import MigrationContext
 from sqlmodel import SQLModel
 
 import newsletter.models  # noqa: F401  (registers the tables)
-import newsletter.subscribers.importer as importer
 from newsletter.db import alembic_config, current_revision, head_revision, open_database
+from newsletter.subscribers import importer
 from newsletter.subscribers.importer import import_contacts
 from newsletter.subscribers.manage import list_subscribers
 

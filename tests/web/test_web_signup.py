@@ -313,5 +313,5 @@ def test_the_rate_limit_setting_parses(
 
 @pytest.mark.parametrize("raw", ["five", "5/", "0/10m", "5/10y", "-1/1h", "5/0m"])
 def test_a_bad_rate_limit_setting_is_one_clear_error(tmp_path: Path, raw: str) -> None:
-    with pytest.raises(ConfigError, match="NEWSLETTER_SIGNUP_RATE_LIMIT.*like '5/10m'"):
+    with pytest.raises(ConfigError, match=r"NEWSLETTER_SIGNUP_RATE_LIMIT.*like '5/10m'"):
         load_settings({"NEWSLETTER_SIGNUP_RATE_LIMIT": raw}, tmp_path / "no.env")
