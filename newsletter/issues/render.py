@@ -60,8 +60,8 @@ SUMMARY_LIMITS = {"max_chars": 1000, "max_paragraphs": 3}  # a feed's own summar
 CONTENT_LIMITS = {"max_chars": 600, "max_paragraphs": 2}  # full content: the opening only
 TEXT_WIDTH = 72
 _MONTHS = (  # English names whatever the machine's locale
-    ("January", "February", "March", "April", "May", "June")
-    + ("July", "August", "September", "October", "November", "December")
+    *("January", "February", "March", "April", "May", "June"),
+    *("July", "August", "September", "October", "November", "December"),
 )
 # Bidirectional overrides can disguise a subject; everything else invisible is kept (emoji ZWJ).
 _BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
@@ -78,16 +78,25 @@ class RenderedIssue:
 
 
 class StoryLike(Protocol):
-    """What a story must offer: issues.feed.FeedStory and models.Story both do."""
+    """What a story must offer: issues.feed.FeedStory and models.Story both do. Read-only
+    properties, so a frozen FeedStory fits as well as a mutable Story row."""
 
-    title: str
-    link: str | None
-    author: str | None
-    summary_html: str
-    content_html: str
-    image_url: str | None
-    image_alt: str | None
-    published_at: datetime | None
+    @property
+    def title(self) -> str: ...
+    @property
+    def link(self) -> str | None: ...
+    @property
+    def author(self) -> str | None: ...
+    @property
+    def summary_html(self) -> str: ...
+    @property
+    def content_html(self) -> str: ...
+    @property
+    def image_url(self) -> str | None: ...
+    @property
+    def image_alt(self) -> str | None: ...
+    @property
+    def published_at(self) -> datetime | None: ...
 
 
 @dataclass(frozen=True)
