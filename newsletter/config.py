@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from email.headerregistry import Address
 from email.utils import parseaddr
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from dotenv import dotenv_values
@@ -346,7 +347,7 @@ def load_settings(
         value = raw.get(ENV_NAMES[attr])
         return value if value else None
 
-    kwargs: dict[str, object] = {}
+    kwargs: dict[str, Any] = {}  # each value parsed to its field's type just above its line
     if (v := get("feed_url")) is not None:
         kwargs["feed_url"] = v
     if (v := get("database_url")) is not None:
@@ -410,4 +411,4 @@ def load_settings(
         kwargs["signup_rate_limit"] = _rate_limit(v)
     if (v := get("story_content")) is not None:
         kwargs["story_content"] = story_content_mode(v)
-    return Settings(**kwargs)  # type: ignore[arg-type]
+    return Settings(**kwargs)

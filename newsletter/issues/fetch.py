@@ -467,5 +467,6 @@ def _root_element(data: bytes) -> str | None:
     head = data[:65536].removeprefix(b"\xef\xbb\xbf")
     if head[:2] in (b"\xff\xfe", b"\xfe\xff"):  # UTF-16: decode to sniff
         head = head.decode("utf-16", errors="ignore").encode("utf-8", errors="ignore")
-    match = _ROOT.match(head, _PROLOG.match(head).end())  # type: ignore[union-attr]
+    prolog = _PROLOG.match(head)  # it matches everywhere (all its parts are optional)
+    match = _ROOT.match(head, prolog.end() if prolog else 0)
     return match.group(1).decode("ascii").lower() if match else None

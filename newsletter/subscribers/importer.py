@@ -50,6 +50,7 @@ from newsletter.models import (
     SubscriberStatus,
     Suppression,
     UTCDateTime,
+    table_of,
     utcnow,
 )
 from newsletter.subscribers.csvformats import (
@@ -75,7 +76,7 @@ CHECKING = "checking"
 WRITING = "writing"
 #: progress(stage, done, total): stage is CHECKING (file rows) or WRITING (staged contacts)
 Progress = Callable[[str, int, int], None]
-_T: sa.Table = Subscriber.__table__  # type: ignore[attr-defined]
+_T = table_of(Subscriber)
 _SUPPRESSED = SubscriberStatus.SUPPRESSED
 
 #: the columns an import fills, in the order of a staged row's insert (COPY) tuple

@@ -189,7 +189,7 @@ def list_subscribers(engine: Engine, status: str | None = None) -> Iterator[Subs
         raise SubscriberError(
             f"unknown status {status!r} (one of: {', '.join(SubscriberStatus.ALL)})"
         )
-    stmt = select(Subscriber).order_by(Subscriber.id)  # type: ignore[arg-type]
+    stmt = select(Subscriber).order_by(col(Subscriber.id))
     if status is not None:
         stmt = stmt.where(Subscriber.status == status)
     with read_session(engine) as session:
