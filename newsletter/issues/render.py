@@ -39,6 +39,7 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from html import unescape
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -66,6 +67,8 @@ _MONTHS = (  # English names whatever the machine's locale
 # Bidirectional overrides can disguise a subject; everything else invisible is kept (emoji ZWJ).
 _BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 _URL_DROPPED = {ord(c): None for c in "\r\n\t"}
+_IMG_SRC = re.compile(r'<img\b[^>]*\ssrc="([^"]*)"')
+_WP_SIZE_SUFFIX = re.compile(r"-(?:\d+x\d+|scaled)(?=\.\w+$)")
 
 
 @dataclass(frozen=True)
@@ -332,9 +335,18 @@ def _story_view(
 
 
 def _shows_image(html: str, url: str) -> bool:
-    """True when `html` has an <img> of `url` (as sanitised HTML writes it)."""
-    escaped = url.replace("&", "&amp;")
-    return f'src="{escaped}"' in html or f'src="{url}"' in html
+    """True when `html` has an <img> of `url`, in any of the sizes WordPress makes of it."""
+    wanted = _image_key(url)
+    return any(_image_key(unescape(src)) == wanted for src in _IMG_SRC.findall(html))
+
+
+def _image_key(url: str) -> str:
+    """host + path without WordPress's size suffix: photo-1024x683.jpg is photo.jpg."""
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:
+        return url
+    return (parts.hostname or "") + _WP_SIZE_SUFFIX.sub("", parts.path)
 
 
 def safe_url(url: str | None, schemes: tuple[str, ...] = ("http", "https", "mailto")) -> str | None:

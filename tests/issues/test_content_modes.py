@@ -446,3 +446,21 @@ def test_full_with_a_story_image_not_in_the_post_still_shows_it(tmp_path: Path) 
     )
     assert re.search(r'<img class="story-image" src="https://endseclusion.org/featured.jpg"',
                      issue.html)  # fmt: skip
+
+
+def test_full_knows_a_featured_image_in_another_wordpress_size(tmp_path: Path) -> None:
+    story = PlainStory(
+        title="Sized",
+        link="https://endseclusion.org/p/",
+        author=None,
+        summary_html="",
+        content_html='<p><img src="https://endseclusion.org/up/room-1024x683.jpg" alt="Room"></p>',
+        image_url="https://endseclusion.org/up/room-scaled.jpg",
+        image_alt="Room",
+        published_at=None,
+    )
+    issue = render_issue(
+        [story], make_settings(tmp_path, "full"), issue_id=None, feed_title="", feed_link=None
+    )
+    assert 'class="story-image"' not in issue.html
+    assert issue.html.count("<img") == 1
