@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from datetime import timedelta
 from email.headerregistry import Address
 from email.utils import parseaddr
 from pathlib import Path
@@ -139,6 +141,43 @@ def story_content_mode(value: str) -> str:
     return mode
 
 
+#: How new stories become issues: all of a run's in one digest, or one issue per story.
+ISSUE_PER_MODES = ("send", "story")
+
+
+def issue_per_mode(value: str) -> str:
+    """The issue mode named by `value` (any case), or a one-line ConfigError listing them."""
+    mode = value.strip().lower()
+    if mode not in ISSUE_PER_MODES:
+        raise ConfigError(
+            f"NEWSLETTER_ISSUE_PER: {value!r} is not a mode (use send: one digest of the "
+            "new stories per run, or story: one issue per story)"
+        )
+    return mode
+
+
+_INTERVAL = re.compile(r"(\d+)\s*([mhdw])", re.IGNORECASE | re.ASCII)
+_INTERVAL_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_interval(value: str, name: str = "NEWSLETTER_MIN_INTERVAL") -> timedelta:
+    """'12h' -> 12 hours, '7d' -> 7 days ('m', 'h', 'd', 'w'); 'off' or '0' -> zero (no
+    minimum). Strict: a typo must not silently send daily instead of weekly."""
+    text = value.strip()
+    if text.lower() in ("off", "0"):
+        return timedelta(0)
+    match = _INTERVAL.fullmatch(text)
+    try:
+        if match is not None and int(match.group(1)) > 0:
+            return timedelta(**{_INTERVAL_UNITS[match.group(2).lower()]: int(match.group(1))})
+    except OverflowError:  # '99999999999w': past what a date can hold
+        pass
+    raise ConfigError(
+        f"{name}: {value!r} is not an interval "
+        "(use a whole number and m, h, d or w, like 12h, 1d or 7d; or off)"
+    )
+
+
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -187,6 +226,8 @@ class Settings:
     bounce_imap_url: str | None = field(default=None, repr=False)
     signup_rate_limit: tuple[int, float] | None = (5, 600.0)  # signups per IP (/64) per window
     story_content: str = "summary"  # one of STORY_CONTENT_MODES; `send --content` replaces it
+    issue_per: str = "send"  # one of ISSUE_PER_MODES: one digest per run, or one issue per story
+    min_interval: timedelta | None = None  # no new issue until this long after the last one
 
     def require(self, *names: str, destination: bool = False) -> None:
         """Raise MissingSettings naming every one of `names` (attribute names) left unset.
@@ -411,4 +452,8 @@ def load_settings(
         kwargs["signup_rate_limit"] = _rate_limit(v)
     if (v := get("story_content")) is not None:
         kwargs["story_content"] = story_content_mode(v)
+    if (v := get("issue_per")) is not None:
+        kwargs["issue_per"] = issue_per_mode(v)
+    if (v := get("min_interval")) is not None:
+        kwargs["min_interval"] = parse_interval(v) or None  # 'off': no minimum
     return Settings(**kwargs)
