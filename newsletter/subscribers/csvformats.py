@@ -423,10 +423,11 @@ class ContactsFile:
     def rows(self) -> Iterator[tuple[int, list[str]]]:
         """(line number, cells) for every non-blank data row, streamed."""
         yield from ((self._reader.line_num, row) for row in self._pending)
+        reader = self._reader
         try:
-            for row in self._reader:
-                if any(cell.strip() for cell in row):
-                    yield self._reader.line_num, row
+            for row in reader:  # a first cell with text settles it without a generator
+                if row and (row[0].strip() or any(cell.strip() for cell in row)):
+                    yield reader.line_num, row
         except csv.Error as exc:
             raise ImportFileError(
                 f"{self.path}, line {self._reader.line_num}: not a readable CSV ({exc})"

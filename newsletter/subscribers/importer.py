@@ -97,9 +97,6 @@ _EXISTING = sa.select(
     _T.c.unsubscribe_method,
     _T.c.consent_ip,
 ).where(_T.c.email_key.in_(sa.bindparam("keys", expanding=True)))
-_FORGOTTEN = sa.select(col(Suppression.email_hash)).where(
-    col(Suppression.email_hash).in_(sa.bindparam("hashes", expanding=True))
-)
 # The status guard matters on PostgreSQL (READ COMMITTED): an unsubscribe committed
 # between this batch's read and its update is seen by the UPDATE, which then skips the row.
 _UPDATE = (
@@ -251,11 +248,12 @@ def _time_format(dialect: sa.Dialect) -> Callable[[datetime], str]:
         return datetime.isoformat
     bind = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
 
-    def stored(value: datetime) -> str:
-        return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+    def stored(value: datetime) -> str:  # "2023-01-14 10:22:01.000000" (+00:00 cut off)
+        utc = value if value.tzinfo is UTC else value.astimezone(UTC)
+        return utc.isoformat(" ", "microseconds")[:26]
 
-    sample = datetime(2001, 2, 3, 4, 5, 6, 7, tzinfo=UTC)
-    if bind is None or bind(sample) != stored(sample):  # pragma: no cover - another driver
+    samples = (datetime(2001, 2, 3, 4, 5, 6, 7, tzinfo=UTC), datetime(999, 1, 1, tzinfo=UTC))
+    if bind is None or any(bind(t) != stored(t) for t in samples):  # pragma: no cover
         raise RuntimeError("SQLite DATETIME storage format changed: adapt _time_format")
     return stored
 
@@ -485,6 +483,34 @@ if set(_SUPPRESSED) != {"bounced", "complained", "unsubscribed"}:  # pragma: no 
     raise RuntimeError("SubscriberStatus.SUPPRESSED changed: update _SQLiteWriter's statements")
 
 
+class _Forgotten:
+    """The forgotten addresses' hashes, read again only when `suppression` changed.
+
+    Its rows are only ever added (a forget inserts one, nothing deletes one), each
+    with a new id, so its row count and highest id tell whether it changed: one
+    aggregate per batch instead of sending every hash of the batch to the server.
+    """
+
+    COUNT = sa.select(sa.func.count(), sa.func.coalesce(sa.func.max(col(Suppression.id)), 0))
+    ALL = sa.select(col(Suppression.id), col(Suppression.email_hash))
+
+    def __init__(self) -> None:
+        self.hashes: set[str] = set()
+        self.seen: tuple[int, int] = (-1, -1)
+
+    def read(self, conn: sa.Connection) -> set[str]:
+        """All of them, read in one statement with the (count, highest id) they make."""
+        rows = conn.execute(self.ALL).all()
+        self.hashes = {hashed for _, hashed in rows}
+        self.seen = (len(rows), max((row_id or 0 for row_id, _ in rows), default=0))
+        return self.hashes
+
+    def current(self, conn: sa.Connection) -> set[str]:
+        """Up to date within `conn`'s transaction."""
+        count, top = conn.execute(self.COUNT).one()
+        return self.hashes if (count, top) == self.seen else self.read(conn)
+
+
 class _Writer:
     """Writes batches of staged rows into PostgreSQL (COPY) or another database (Core).
 
@@ -492,10 +518,13 @@ class _Writer:
     forgotten addresses) before it writes, so concurrent unsubscribes are honoured.
     """
 
-    def __init__(self, engine: sa.Engine, staging: _Staging, report: ImportReport) -> None:
+    def __init__(
+        self, engine: sa.Engine, staging: _Staging, report: ImportReport, forgotten: _Forgotten
+    ) -> None:
         self.engine = engine
         self.staging = staging
         self.report = report
+        self.forgotten = forgotten
         self.conn: sa.Connection | None = None  # the current batch's, for COPY
         now = utcnow()
         self.now = now.isoformat()
@@ -511,15 +540,13 @@ class _Writer:
                 self._merge(conn, rows, write=False)
 
     def _merge(self, conn: sa.Connection, rows: list[_Row], *, write: bool) -> None:
-        hashes, keys = [row[8] for row in rows], [row[0] for row in rows]
-        found: set[str]
+        found = self.forgotten.current(conn)
+        keys = [row[0] for row in rows]
         raw = conn.connection.driver_connection if conn.dialect.name == "postgresql" else None
         if raw is not None:  # psycopg: one array parameter, not thousands of expanded ones
             with raw.cursor() as cursor:
-                found = {h for (h,) in cursor.execute(_PG_FORGOTTEN, (hashes,))}
                 current = {r[0]: r[1:] for r in cursor.execute(_PG_EXISTING, (keys,))}
         else:
-            found = set(conn.execute(_FORGOTTEN, {"hashes": hashes}).scalars())
             current = {r[0]: r[1:] for r in conn.execute(_EXISTING, {"keys": keys})}
         new: list[tuple[Any, ...]] = []
         updates: list[dict[str, Any]] = []
@@ -558,7 +585,6 @@ class _Writer:
                 copy.write_row(row)
 
 
-_PG_FORGOTTEN = "SELECT email_hash FROM suppression WHERE email_hash = ANY(%s)"
 _PG_EXISTING = (
     "SELECT email_key, id, name, status, opt_in_at, confirmed_at, unsubscribed_at,"
     " unsubscribe_method, consent_ip FROM subscriber WHERE email_key = ANY(%s)"
@@ -702,8 +728,9 @@ def import_contacts(
             delimiter=contacts.delimiter,
             rejects_path=rejects,
         )
+        known = _Forgotten()
         with engine.connect() as conn:
-            forgotten = set(conn.execute(sa.select(col(Suppression.email_hash))).scalars())
+            forgotten = known.read(conn)
         sqlite = engine.dialect.name == "sqlite"
         if sqlite:  # staged beside the database, on the connection that will write it
             raw = stack.enter_context(contextlib.closing(engine.raw_connection()))
@@ -723,5 +750,5 @@ def import_contacts(
             writer = stack.enter_context(_SQLiteWriter(db, report, stored(utcnow())))
             _write(writer.batch, staging, dry_run, writer.between, progress)
         else:
-            _write(_Writer(engine, staging, report).batch, staging, dry_run, None, progress)
+            _write(_Writer(engine, staging, report, known).batch, staging, dry_run, None, progress)
     return report

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import base64
 import string
+from datetime import UTC, datetime, timedelta, timezone
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sqlalchemy.dialects import sqlite
 
 from newsletter.mail import addresses
 from newsletter.mail.addresses import clean_name
+from newsletter.models import UTCDateTime
 from newsletter.subscribers import importer
 from newsletter.subscribers.csvformats import map_columns, read_contact, row_reader
 
@@ -80,3 +83,14 @@ def test_bulk_tokens_are_like_new_token() -> None:
         assert set(token) <= set(string.ascii_letters + string.digits + "-_")
         # the 22nd character holds the last 2 bits only, as in secrets.token_urlsafe(16)
         assert token[-1] in "AQgw"
+
+
+@given(
+    when=st.datetimes(timezones=st.sampled_from([UTC, timezone(timedelta(hours=-7, minutes=-30))]))
+)
+def test_staged_times_are_what_sqlalchemy_stores(when: datetime) -> None:
+    """On SQLite the staged text goes into `subscriber` as it is: it must match exactly."""
+    dialect = sqlite.dialect()
+    bind = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
+    assert bind is not None
+    assert importer._time_format(dialect)(when) == bind(when)
