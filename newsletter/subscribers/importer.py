@@ -9,12 +9,21 @@ wait past its busy timeout, and was once lost that way):
    first spelling met wins, later ones count as duplicates). The database is only
    read. An unreadable file or a malformed row anywhere raises ImportFileError
    here, so bad input leaves the database exactly as it was.
-2. Writing: the staged rows are merged into `subscriber` in short transactions of
-   `BATCH` rows (BEGIN IMMEDIATE on SQLite; SQLAlchemy Core executemany, or COPY
-   on PostgreSQL), each committed on its own, so other writers get the lock
-   between batches. Each batch re-reads the rows it touches inside its own
-   transaction, so whatever another writer did in between (an unsubscribe, a
-   forget) is honoured: nobody who left is ever made active again.
+2. Writing: the staged rows are merged into `subscriber` in short transactions,
+   each a whole number of `BATCH` rows sized to hold the lock about
+   `BATCH_SECONDS` (on SQLite: BEGIN IMMEDIATE and INSERT ... SELECT from the
+   staging file attached to the same connection; on PostgreSQL: COPY), each
+   committed on its own. On SQLite the lock is then left free for `PAUSE` (the
+   WAL is checkpointed meanwhile), so a waiting writer always gets it between
+   batches. Each batch re-reads the rows it touches inside its own transaction,
+   so whatever another writer did in between (an unsubscribe, a forget) is
+   honoured: nobody who left is ever made active again.
+
+Speed (issue 14; `benchmarks/import.py`): the check is one pass over the CSV,
+one tuple per row, with the address's domain validated once per domain; the
+staging file takes big executemany batches with no journal, no fsync and no
+index (repeats are dropped afterwards in one sort); no row passes through the
+ORM or SQLAlchemy's parameter handling.
 
 The guarantee when the writing stage is interrupted (Ctrl-C, kill -9, an error)
 is "whole batches, resumable": every committed batch is complete and valid, the
