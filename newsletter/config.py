@@ -178,6 +178,16 @@ def parse_interval(value: str, name: str = "NEWSLETTER_MIN_INTERVAL") -> timedel
     )
 
 
+def on_off(name: str, value: str) -> bool:
+    """'on'/'off' (also yes/no, true/false, 1/0), or a one-line ConfigError naming the setting."""
+    text = value.strip().lower()
+    if text in ("on", "yes", "true", "1"):
+        return True
+    if text in ("off", "no", "false", "0"):
+        return False
+    raise ConfigError(f"{name}: {value!r} is not on or off")
+
+
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -228,6 +238,7 @@ class Settings:
     story_content: str = "summary"  # one of STORY_CONTENT_MODES; `send --content` replaces it
     issue_per: str = "send"  # one of ISSUE_PER_MODES: one digest per run, or one issue per story
     min_interval: timedelta | None = None  # no new issue until this long after the last one
+    welcome: bool = True  # NEWSLETTER_WELCOME: a welcome email when a signup is confirmed
 
     def require(self, *names: str, destination: bool = False) -> None:
         """Raise MissingSettings naming every one of `names` (attribute names) left unset.
@@ -456,4 +467,6 @@ def load_settings(
         kwargs["issue_per"] = issue_per_mode(v)
     if (v := get("min_interval")) is not None:
         kwargs["min_interval"] = parse_interval(v) or None  # 'off': no minimum
+    if (v := get("welcome")) is not None:
+        kwargs["welcome"] = on_off("NEWSLETTER_WELCOME", v)
     return Settings(**kwargs)
