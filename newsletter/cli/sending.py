@@ -18,6 +18,8 @@ import click
 from newsletter.cli.app import App, main, pass_app
 
 if TYPE_CHECKING:
+    from datetime import timedelta
+
     from newsletter.sending.deliver import IssueResult
     from newsletter.sending.run import SendOptions, SendResult
 
@@ -131,6 +133,21 @@ def _print_result(app: App, result: SendResult, options: SendOptions) -> None:
             click.echo("No new stories since, so no new issue.")
         else:
             click.echo(f"No new issue: {result.nothing_new}.")
+    if result.not_yet is not None:  # NEWSLETTER_MIN_INTERVAL has not passed: exit 0
+        click.echo(result.not_yet)
+
+
+def _interval(ctx: click.Context, param: click.Parameter, value: str | None) -> timedelta | None:
+    """--min-interval 7d: parsed as NEWSLETTER_MIN_INTERVAL is; a bad one is a usage error."""
+    if value is None:
+        return None
+    from newsletter.config import parse_interval
+    from newsletter.errors import ConfigError
+
+    try:
+        return parse_interval(value, "--min-interval")
+    except ConfigError as exc:
+        raise click.BadParameter(exc.message.partition(": ")[2]) from None
 
 
 @main.command()
@@ -146,6 +163,19 @@ def _print_result(app: App, result: SendResult, options: SendOptions) -> None:
 @click.option("--min-stories", type=click.IntRange(1, 100), default=1, show_default=True)
 @click.option("--retry-unknown", is_flag=True, help="Resend deliveries whose outcome is unknown.")
 @click.option("--retry-failed", is_flag=True, help="Retry deliveries that failed.")
+@click.option(
+    "--issue-per",
+    type=click.Choice(["send", "story"], case_sensitive=False),
+    help="One digest of the new stories, or one issue per story [NEWSLETTER_ISSUE_PER].",
+)
+@click.option(
+    "--min-interval",
+    metavar="INTERVAL",
+    callback=_interval,
+    help="No new issue until this long after the last one: 12h, 1d, 7d, or off "
+    "[NEWSLETTER_MIN_INTERVAL].",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Also print where the time went, by phase.")
 @pass_app
 def send(
     app: App,
@@ -157,9 +187,19 @@ def send(
     min_stories: int,
     retry_unknown: bool,
     retry_failed: bool,
+    issue_per: str | None,
+    min_interval: timedelta | None,
+    verbose: bool = False,
 ) -> None:
     """Send the feed's new stories to every active subscriber."""
+    from newsletter.sending import phases
     from newsletter.sending.run import SendOptions, check_settings, run_send
+
+    if verbose:
+        phases.enable()
+        age = phases.process_age()
+        if age is not None:
+            phases.add("start-up (interpreter, imports)", age)
 
     if to is not None:
         from newsletter.mail.addresses import normalise_address
@@ -174,12 +214,18 @@ def send(
         min_stories=min_stories,
         retry_unknown=retry_unknown,
         retry_failed=retry_failed,
+        issue_per=issue_per.lower() if issue_per else None,
+        min_interval=min_interval,
     )
     check_settings(app.settings, options)  # all missing settings first, then the database
     trial = dry_run or preview is not None or to is not None  # records nothing
-    engine = app.trial_engine() if trial else app.engine
+    with phases.phase("migrations check (open the database)"):
+        engine = app.trial_engine() if trial else app.engine
     result = run_send(engine, app.settings, options, progress=_progress_bar)
     _print_result(app, result, options)
+    if verbose:
+        for line in phases.report():
+            click.echo(f"  {line}")
     if result.error is not None:
         raise result.error
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 import sqlalchemy as sa
@@ -49,7 +49,8 @@ S = TypeVar("S", bound=StoryLike)  # Story rows in a send, FeedStory values in a
 class Plan:
     """What a send would do with the feed as it is now (computed without writing)."""
 
-    new: list[FeedStory | Story] = field(default_factory=list)  # newest first, within the cap
+    #: newest first, within the cap (per story: oldest first, each its own issue)
+    new: list[FeedStory | Story] = field(default_factory=list)
     over_cap: list[FeedStory | Story] = field(default_factory=list)  # older new ones left out
     recipients: int = 0
     first_send: bool = False
@@ -68,8 +69,13 @@ def active_count(session: Session) -> int:
     return session.exec(query).one()
 
 
-def plan_issue(engine: Engine, feed: Feed, *, max_stories: int) -> Plan:
-    """The stories not sent before (feed order, then older unsent ones), read-only."""
+def plan_issue(
+    engine: Engine, feed: Feed, *, max_stories: int, per_story: bool = False
+) -> Plan:
+    """The stories not sent before (feed order, then older unsent ones), read-only.
+
+    `per_story` (NEWSLETTER_ISSUE_PER=story): the oldest first, as they would go out; the
+    newer ones past the cap wait for a later run, so none is over the cap for good."""
     with read_session(engine) as session:
         known = _known_uids(session, [s.uid for s in feed.stories])
         pending: list[FeedStory | Story] = [s for s in feed.stories if s.uid not in known]
@@ -78,7 +84,51 @@ def plan_issue(engine: Engine, feed: Feed, *, max_stories: int) -> Plan:
         first_send = session.exec(select(func.count()).select_from(Issue)).one() == 0
         recipients = active_count(session)
     pending.sort(key=_sort_key, reverse=True)
+    if per_story:
+        return Plan(pending[::-1][:max_stories], [], recipients, first_send)
     return Plan(pending[:max_stories], pending[max_stories:], recipients, first_send)
+
+
+def last_issue_at(engine: Engine) -> datetime | None:
+    """When the newest issue was created (the cadence counts from it); None before any."""
+    with read_session(engine) as session:
+        last = session.exec(select(func.max(Issue.created_at))).one()
+    if last is not None and last.tzinfo is None:  # an aggregate may come back without a zone
+        last = last.replace(tzinfo=UTC)
+    return last
+
+
+def waiting_stories(engine: Engine) -> int:
+    """How many recorded stories are new (not in an issue yet)."""
+    with read_session(engine) as session:
+        query = select(func.count()).select_from(Story).where(Story.state == StoryState.NEW)
+        return session.exec(query).one()
+
+
+def next_issue_due(engine: Engine, interval: timedelta | None, now: datetime) -> datetime | None:
+    """When NEWSLETTER_MIN_INTERVAL allows the next issue, if that is still after `now`
+    (else None: an issue may be made now)."""
+    if not interval:
+        return None
+    last = last_issue_at(engine)
+    if last is None:
+        return None
+    try:
+        due = last + interval
+    except OverflowError:  # an interval of centuries: never
+        due = datetime.max.replace(tzinfo=UTC)
+    return due if due > now else None
+
+
+def record_only(engine: Engine, feed: Feed, *, fetched: FetchResult | None = None) -> int:
+    """Record the feed's stories while no issue is due, so that a weekly digest still holds
+    the stories that left the feed's last 10 items during the week; returns how many new
+    stories wait."""
+    with write_session(engine) as session:
+        record_stories(session, feed)
+        remember_fetch(session, fetched)
+        query = select(func.count()).select_from(Story).where(Story.state == StoryState.NEW)
+        return session.exec(query).one()
 
 
 def _story_row(story: FeedStory) -> dict[str, object]:
@@ -219,8 +269,12 @@ def create_issue(
     fetched: FetchResult | None = None,
     max_stories: int = 10,
     min_stories: int = 1,
+    per_story: bool = False,
 ) -> Created:
-    """Record the feed's stories and, when enough are new, freeze them into an Issue."""
+    """Record the feed's stories and, when enough are new, freeze them into an Issue.
+
+    `per_story` (NEWSLETTER_ISSUE_PER=story): the oldest new story alone; the others stay
+    new for the next call, so a crash between two issues loses and repeats nothing."""
     with write_session(engine) as session:
         record_stories(session, feed)
         remember_fetch(session, fetched)
@@ -232,7 +286,10 @@ def create_issue(
             return Created(None, [], 0, recipients, why)
         if recipients == 0:
             return Created(None, [], 0, 0, "no active subscribers")
-        chosen, older = new[:max_stories], new[max_stories:]
+        if per_story:  # oldest first; the caller counts the issues against --max-stories
+            chosen, older = new[-1:], []
+        else:
+            chosen, older = new[:max_stories], new[max_stories:]
         for story in older:
             story.state = StoryState.SKIPPED
             session.add(story)

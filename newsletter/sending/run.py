@@ -7,6 +7,16 @@ deliveries a crash left `sending` into `unknown` and reopen what
 then make an issue of the new stories and deliver it (deliver.py). --preview,
 --to and --dry-run record nothing; --baseline records the stories as sent.
 
+NEWSLETTER_ISSUE_PER=story makes one issue per new story, oldest first, each
+created (in its own transaction) only after the one before was delivered: a
+crash between two issues leaves the rest of the stories new, and the next run
+finishes the interrupted issue, then goes on with them. --max-stories caps the
+issues of one run; the newer stories wait for the next run (none is skipped).
+NEWSLETTER_MIN_INTERVAL (--min-interval) makes no new issue until that long
+after the newest issue was created; such a run still records the feed's new
+stories and finishes unfinished issues. It is checked once, before a run's
+first new issue: with ISSUE_PER=story it spaces the runs that make issues.
+
 On PostgreSQL there is no exclusive send lock: every `newsletter send` (on
 any host) registers as a worker (registry.py) and helps with the unfinished
 issues by claiming batches (claims.py); only the making of a new issue is
@@ -20,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import cast
 
@@ -34,7 +45,7 @@ from newsletter.mail.dkim import load_key
 from newsletter.mail.message import MessageTemplate, message_date
 from newsletter.mail.transport import TransportFactory, transport_factory
 from newsletter.mail.verp import check_verp_settings, envelope_sender
-from newsletter.models import Issue, Story
+from newsletter.models import Issue, Story, utcnow
 from newsletter.sending.claims import shared_sends
 from newsletter.sending.deliver import IssueResult, ProgressFactory, _no_progress, deliver
 from newsletter.sending.lock import SendLockHolder, creation_lock
@@ -56,6 +67,18 @@ class SendOptions:
     min_stories: int = 1
     retry_unknown: bool = False
     retry_failed: bool = False
+    #: --issue-per: "send" or "story" for this run (None: NEWSLETTER_ISSUE_PER)
+    issue_per: str | None = None
+    #: --min-interval for this run (None: NEWSLETTER_MIN_INTERVAL; zero: no minimum)
+    min_interval: timedelta | None = None
+
+    def per_story(self, settings: Settings) -> bool:
+        return (self.issue_per or settings.issue_per) == "story"
+
+    def interval(self, settings: Settings) -> timedelta | None:
+        if self.min_interval is not None:
+            return self.min_interval or None
+        return settings.min_interval
 
 
 @dataclass
@@ -72,6 +95,10 @@ class SendResult:
     nothing_new: str | None = None
     #: --preview/--to with no new story: `stories` are the feed's latest instead
     latest: bool = False
+    #: the minimum interval has not passed: "Not yet: the last issue went out ..." (exit 0)
+    not_yet: str | None = None
+    #: ids of the issues this run created (ISSUE_PER=story: up to --max-stories of them)
+    issues_made: list[int] = field(default_factory=list)
 
 
 def read_feed(
@@ -156,7 +183,10 @@ def run_send(
     if feed is None:
         result.notes.append("The feed has not changed since the last fetch (HTTP 304).")
         feed = Feed(title="", link=None, stories=[])
-    plan = issue_store.plan_issue(engine, feed, max_stories=options.max_stories)
+    per_story = options.per_story(settings)
+    plan = issue_store.plan_issue(
+        engine, feed, max_stories=options.max_stories, per_story=per_story
+    )
     result.recipients = plan.recipients
 
     if trial:
@@ -167,6 +197,17 @@ def run_send(
                 what = "preview" if options.preview else "test copy"
                 raise FeedError(f"the feed has no stories: there is nothing to {what}.")
             result.latest = True
+        if per_story:  # each story is an issue of its own: show (and send) the next one
+            stories = stories[:1] if options.to or options.preview else stories
+            if options.dry_run and stories:
+                result.notes.append(
+                    f"NEWSLETTER_ISSUE_PER=story: each of these {len(stories)} stories would "
+                    "go out as an issue of its own, oldest first."
+                )
+        due = issue_store.next_issue_due(engine, options.interval(settings), utcnow())
+        if options.dry_run and due is not None:
+            waiting = len(plan.new) + len(plan.over_cap)
+            result.notes.append(_not_yet(engine, due, waiting=waiting))
         result.stories = stories
         if options.preview and stories:
             html = issue_store.render_preview(stories, settings, feed).html
@@ -260,16 +301,74 @@ def _send_issues(
         result.notes.append(f"{reopened} deliveries put back in the queue.")
     if not _help_unfinished(engine, result, run):
         return
-    with creation_lock(engine) if shared else nullcontext():
-        created = issue_store.create_issue(
-            engine,
-            settings,
-            feed,
-            fetched=fetched,
-            max_stories=options.max_stories,
-            min_stories=options.min_stories,
-        )
-    result.stories = created.stories
+    per_story = options.per_story(settings)
+    made: list[Story] = []
+    while True:
+        with creation_lock(engine) if shared else nullcontext():
+            if not made:  # the cadence spaces runs, not the issues of one run
+                due = issue_store.next_issue_due(engine, options.interval(settings), utcnow())
+                if due is not None:
+                    waiting = issue_store.record_only(engine, feed, fetched=fetched)
+                    if waiting:
+                        result.not_yet = _not_yet(engine, due, waiting=waiting)
+                    else:
+                        result.nothing_new = "no new stories"
+                    return
+            created = issue_store.create_issue(
+                engine,
+                settings,
+                feed,
+                fetched=fetched,
+                max_stories=options.max_stories,
+                min_stories=1 if made else options.min_stories,
+                per_story=per_story,
+            )
+        if created.issue is None and made:
+            return  # every new story went out, each as its own issue
+        made += created.stories
+        if not _new_issue(engine, options, result, run, shared, created, made):
+            return
+        if not per_story:
+            return
+        if len(result.issues_made) >= options.max_stories:
+            waiting = issue_store.waiting_stories(engine)
+            if waiting:
+                result.notes.append(
+                    f"{waiting} newer {'story waits' if waiting == 1 else 'stories wait'} "
+                    f"for the next run (--max-stories {options.max_stories} issues a run)."
+                )
+            return
+
+
+def _not_yet(engine: Engine, due: datetime, *, waiting: int) -> str:
+    """The exit-0 sentence of a run the minimum interval holds back."""
+    last = issue_store.last_issue_at(engine)
+    ago = "" if last is None else f"went out {_ago(utcnow() - last)}, "
+    stories = "1 new story waits" if waiting == 1 else f"{waiting} new stories wait"
+    return f"Not yet: the last issue {ago}next one after {due:%Y-%m-%d %H:%M} UTC ({stories})."
+
+
+def _ago(age: timedelta) -> str:
+    """'3 days ago', '5 hours ago', '12 minutes ago': the unit a reader would use."""
+    seconds = max(0, int(age.total_seconds()))
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            n = seconds // size
+            return f"{n} {unit}{'' if n == 1 else 's'} ago"
+    return "just now"
+
+
+def _new_issue(
+    engine: Engine,
+    options: SendOptions,
+    result: SendResult,
+    run: Callable[[Issue, bool], IssueResult],
+    shared: bool,
+    created: issue_store.Created,
+    made: list[Story],
+) -> bool:
+    """Send the issue just made (or say why none was); False when the run must stop."""
+    result.stories = made
     if created.held_back:
         result.notes.append(
             f"{created.held_back} older new stories were kept for the next issue, so that "
@@ -280,13 +379,14 @@ def _send_issues(
         result.nothing_new = created.reason
         if shared:  # another worker may have just made one: help with it
             _help_unfinished(engine, result, run)
-        return
+        return False
     if created.skipped:
         result.notes.append(
             f"{created.skipped} older new stories were left out (--max-stories "
             f"{options.max_stories}) and recorded as sent."
         )
-    run(created.issue, False)
+    result.issues_made.append(created.issue.id or 0)
+    return run(created.issue, False).report.stopped is None
 
 
 def _help_unfinished(
