@@ -27,6 +27,7 @@ from tests.support.a11y import (
     describe_failures,
     file_url,
     placeholder_svg,
+    run_axe,
 )
 from tests.support.browser import save_screenshot
 from tests.support.helpers import add_subscribers, database, settings_for
@@ -108,8 +109,6 @@ def _open_email(page: Page, tmp_path: Path, html: str, *, images: bool) -> None:
 @pytest.mark.browser
 def test_axe_finds_a_planted_violation(axe_page: Page) -> None:
     """A check that cannot fail proves nothing: missing alt text and faint text are caught."""
-    from a11y import run_axe
-
     axe_page.set_content(
         '<!DOCTYPE html><html lang="en"><title>t</title><main><h1>Planted</h1>'
         '<img src="data:image/gif;base64,R0lGODlhAQABAAAAACw=">'
