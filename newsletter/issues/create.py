@@ -69,9 +69,7 @@ def active_count(session: Session) -> int:
     return session.exec(query).one()
 
 
-def plan_issue(
-    engine: Engine, feed: Feed, *, max_stories: int, per_story: bool = False
-) -> Plan:
+def plan_issue(engine: Engine, feed: Feed, *, max_stories: int, per_story: bool = False) -> Plan:
     """The stories not sent before (feed order, then older unsent ones), read-only.
 
     `per_story` (NEWSLETTER_ISSUE_PER=story): the oldest first, as they would go out; the
