@@ -49,19 +49,22 @@ class ArchiveEntry:
 def _published() -> sa.ColumnElement[bool]:
     """Sent, or at least one copy delivered (a send may still be under way)."""
     delivered = (
-        sa.select(Delivery.id)
-        .where(Delivery.issue_id == Issue.id, Delivery.status == DeliveryStatus.SENT)
+        sa.select(col(Delivery.id))
+        .where(
+            col(Delivery.issue_id) == col(Issue.id),
+            col(Delivery.status) == DeliveryStatus.SENT,
+        )
         .exists()
     )
-    return sa.or_(Issue.status == IssueStatus.SENT, delivered)
+    return sa.or_(col(Issue.status) == IssueStatus.SENT, delivered)
 
 
 def archived_issues(engine: Engine, limit: int = 500) -> list[ArchiveEntry]:
     """Published issues, newest first (read-only; the HTML bodies are not loaded)."""
     stmt = (
-        sa.select(Issue.id, Issue.subject, Issue.created_at)
+        sa.select(col(Issue.id), col(Issue.subject), col(Issue.created_at))
         .where(_published())
-        .order_by(sa.desc(Issue.id))
+        .order_by(col(Issue.id).desc())
         .limit(limit)
     )
     with read_session(engine) as session:
