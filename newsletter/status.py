@@ -21,6 +21,7 @@ from newsletter.models import (
 )
 from newsletter.sending.lease import LEASE
 from newsletter.subscribers.manage import counts_by_status
+from newsletter.subscribers.welcome import welcomes_owed
 
 D = table_of(Delivery)
 
@@ -60,6 +61,7 @@ class StatusReport:
     sending: str | None  # who holds the send lock, if anyone
     workers: list[WorkerLine] = field(default_factory=list)  # alive now
     unmatched_bounces: int = 0  # bounce reports that proved no delivery of ours: nobody suppressed
+    welcomes_owed: int = 0  # confirmed readers still waiting for their welcome email
 
 
 def status_report(engine: Engine, *, limit: int = 5) -> StatusReport:
@@ -114,6 +116,7 @@ def status_report(engine: Engine, *, limit: int = 5) -> StatusReport:
     sending = f"pid {lock.pid} on {lock.host}" if lock else None
     report = StatusReport(subscribers, lines, sending, workers)
     report.unmatched_bounces = unmatched_report_count(engine)
+    report.welcomes_owed = welcomes_owed(engine)
     return report
 
 

@@ -12,6 +12,7 @@ from newsletter.cli import bounces as _bounces  # noqa: F401
 from newsletter.cli import contacts as _contacts  # noqa: F401
 from newsletter.cli import dkim as _dkim  # noqa: F401
 from newsletter.cli import doctor as _doctor  # noqa: F401
+from newsletter.cli import form as _form  # noqa: F401
 from newsletter.cli import sending as _sending  # noqa: F401
 from newsletter.cli import serve as _serve  # noqa: F401
 from newsletter.cli.app import main

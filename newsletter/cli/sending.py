@@ -150,6 +150,22 @@ def _interval(ctx: click.Context, param: click.Parameter, value: str | None) -> 
         raise click.BadParameter(exc.message.partition(": ")[2]) from None
 
 
+def _send_owed_mail(app: App) -> None:
+    """Welcome emails (and confirmations) that the web worker could not send: sending/
+    may not import subscribers/, so the edge calls it after the send."""
+    from newsletter.subscribers.signup import send_owed_mail
+
+    owed = send_owed_mail(app.engine, app.settings)
+    welcomes, confirmations = owed.welcomes.sent, owed.confirmations.sent
+    if welcomes or confirmations:
+        parts = [
+            f"{n} {what}{'' if n == 1 else 's'}"
+            for n, what in ((welcomes, "welcome email"), (confirmations, "confirmation email"))
+            if n
+        ]
+        click.echo(f"Also sent {' and '.join(parts)} owed to new subscribers.")
+
+
 @main.command()
 @click.option("--dry-run", is_flag=True, help="Show what would be sent; send and write nothing.")
 @click.option(
@@ -163,6 +179,12 @@ def _interval(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 @click.option("--min-stories", type=click.IntRange(1, 100), default=1, show_default=True)
 @click.option("--retry-unknown", is_flag=True, help="Resend deliveries whose outcome is unknown.")
 @click.option("--retry-failed", is_flag=True, help="Retry deliveries that failed.")
+@click.option(
+    "--content",
+    type=click.Choice(["summary", "full", "title"], case_sensitive=False),
+    help="What each story shows, this run only (also --preview and --to) "
+    "[NEWSLETTER_STORY_CONTENT].",
+)
 @click.option(
     "--issue-per",
     type=click.Choice(["send", "story"], case_sensitive=False),
@@ -187,11 +209,16 @@ def send(
     min_stories: int,
     retry_unknown: bool,
     retry_failed: bool,
+    content: str | None,
     issue_per: str | None,
     min_interval: timedelta | None,
     verbose: bool = False,
 ) -> None:
     """Send the feed's new stories to every active subscriber."""
+    if content is not None:  # one run's content mode: the core reads settings.story_content
+        import dataclasses
+
+        app.settings = dataclasses.replace(app.settings, story_content=content.lower())
     from newsletter.sending import phases
     from newsletter.sending.run import SendOptions, check_settings, run_send
 
@@ -223,6 +250,8 @@ def send(
         engine = app.trial_engine() if trial else app.engine
     result = run_send(engine, app.settings, options, progress=_progress_bar)
     _print_result(app, result, options)
+    if not (trial or baseline) and result.error is None:
+        _send_owed_mail(app)
     if verbose:
         for line in phases.report():
             click.echo(f"  {line}")
@@ -245,6 +274,12 @@ def status(app: App, limit: int) -> None:
     if report.unmatched_bounces:
         click.echo(
             f"Bounce reports matching no delivery: {report.unmatched_bounces} (nobody suppressed)"
+        )
+    if report.welcomes_owed:
+        many = "email is" if report.welcomes_owed == 1 else "emails are"
+        click.echo(
+            f"{report.welcomes_owed} welcome {many} owed to new subscribers "
+            "(`newsletter serve` retries; the next `newsletter send` sends them)."
         )
     if report.sending:
         click.echo(f"A send is running now ({report.sending}).")

@@ -49,10 +49,16 @@ from newsletter.config import Settings
 from newsletter.db import read_session, write_session
 from newsletter.errors import NewsletterError, TokenError
 from newsletter.mail.addresses import clean_name, email_hash, normalise_address
-from newsletter.mail.transport import ConnectionLost, Reply, TransportFactory, transport_factory
+from newsletter.mail.transport import ConnectionLost, TransportFactory, transport_factory
 from newsletter.models import Subscriber, SubscriberStatus, Suppression, utcnow
-from newsletter.subscribers.confirmation import build_confirmation
+from newsletter.subscribers.confirmation import build_confirmation, recipient_refused
 from newsletter.subscribers.manage import new_token
+from newsletter.subscribers.welcome import (
+    WelcomeResult,
+    next_welcome_at,
+    owe_welcome,
+    send_owed_welcomes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +82,6 @@ DRAIN_BATCH = 50
 #: Statuses that can never sign up again through the web.
 NEVER_AGAIN = frozenset({SubscriberStatus.COMPLAINED})
 _TOKEN_CHARS = re.compile(r"[A-Za-z0-9_-]+")
-#: A permanent refusal that names the recipient, when the server gives no enhanced code.
-_NAMES_RECIPIENT = re.compile(
-    r"user|mailbox|recipient|no such|unknown|does not exist|address", re.IGNORECASE
-)
-_ENHANCED = re.compile(r"^\s*5\.(\d{1,3})\.(\d{1,3})\b")
 
 
 def new_confirm_token() -> str:
@@ -308,20 +309,6 @@ def _postpone(engine: Engine, ids: list[int], until: datetime) -> None:
         )
 
 
-def recipient_refused(reply: Reply) -> bool:
-    """A permanent refusal of the *address* (5.1.x, 5.2.1, or a 550 naming the user).
-
-    Anything else (4xx, 5.7.x policy, a content filter's plain 550) is the
-    sender's side or temporary: retried with backoff, never blamed on the visitor.
-    """
-    if not 500 <= reply.code < 600:
-        return False
-    enhanced = _ENHANCED.match(reply.text)
-    if enhanced:
-        return enhanced[1] == "1" or (enhanced[1], enhanced[2]) == ("2", "1")
-    return reply.code in (550, 551, 553) and bool(_NAMES_RECIPIENT.search(reply.text))
-
-
 def send_owed_confirmations(
     engine: Engine,
     settings: Settings,
@@ -412,7 +399,8 @@ def next_owed_at(engine: Engine) -> datetime | None:
 
 
 class ConfirmationWorker:
-    """A thread of `newsletter serve` that sends owed confirmations as they fall due.
+    """A thread of `newsletter serve` that sends owed confirmations, and the welcome
+    emails of confirmed signups (newsletter.subscribers.welcome), as they fall due.
 
     `wake()` after recording a signup: it starts the thread if needed and
     sends at once. A failing database or server is logged, never fatal.
@@ -449,6 +437,18 @@ class ConfirmationWorker:
         if thread is not None:
             thread.join(timeout)
 
+    def _welcomes(self) -> float:
+        """Send the owed welcome emails; the seconds until the next one is due."""
+        if not self.settings.welcome:
+            return self.IDLE
+        result = send_owed_welcomes(self.engine, self.settings, self.factory)
+        if result.sent or result.dropped:
+            return 0.0  # there may be more
+        due = next_welcome_at(self.engine)
+        if due is None:
+            return self.IDLE
+        return min(self.IDLE, max((due - utcnow()).total_seconds(), 0.5))
+
     def _run(self) -> None:
         while not self._stop.is_set():
             self._wake.clear()
@@ -463,6 +463,10 @@ class ConfirmationWorker:
                         wait = min(self.IDLE, max((due - utcnow()).total_seconds(), 0.5))
             except Exception:  # a locked or vanished database: try again later
                 log.exception("sending confirmation emails failed")
+            try:
+                wait = min(wait, self._welcomes())
+            except Exception:  # a template or setting mistake must not stop the confirmations
+                log.exception("sending welcome emails failed")
             if wait:
                 self._wake.wait(wait)
 
@@ -501,11 +505,19 @@ def confirmation_pending(engine: Engine, token: str, *, now: datetime | None = N
 
 
 def confirm_signup(
-    engine: Engine, token: str, *, ip: str | None, now: datetime | None = None
+    engine: Engine,
+    token: str,
+    *,
+    ip: str | None,
+    now: datetime | None = None,
+    settings: Settings | None = None,
 ) -> str:
     """Activate the holder of `token`, recording time and IP as consent; TokenError if invalid.
 
     The token is single-use: a second POST changes nothing and returns ALREADY.
+    With `settings` (the web edge), a welcome email is owed in the same transaction
+    unless NEWSLETTER_WELCOME is off or this reader was welcomed before; the
+    worker sends it, never the request.
     """
     now = now or utcnow()
     if not _valid_token(token):
@@ -525,6 +537,8 @@ def confirm_signup(
         sub.unsubscribed_at = None
         sub.unsubscribe_method = None
         sub.updated_at = now
+        if settings is not None:
+            owe_welcome(sub, settings, now)
         session.add(sub)
         return ConfirmOutcome.CONFIRMED
 
@@ -567,3 +581,24 @@ def unsubscribe_status(engine: Engine, token: str) -> str | None:
     with read_session(engine) as session:
         stmt = select(Subscriber.status).where(Subscriber.token == token)
         return session.exec(stmt).first()
+
+
+@dataclass
+class OwedMail:
+    """What `send_owed_mail` did: the confirmation emails and the welcomes it sent."""
+
+    confirmations: DrainResult
+    welcomes: WelcomeResult
+
+
+def send_owed_mail(
+    engine: Engine, settings: Settings, factory: TransportFactory | None = None
+) -> OwedMail:
+    """After `newsletter send`: owed confirmation emails (when due) and every owed welcome
+    (backoff waits ignored). sending/ may not import subscribers/, so the CLI calls this."""
+    factory = factory or transport_factory(settings)
+    confirmations = send_owed_confirmations(engine, settings, factory)
+    welcomes = WelcomeResult()
+    if settings.welcome:
+        welcomes = send_owed_welcomes(engine, settings, factory, ignore_backoff=True)
+    return OwedMail(confirmations, welcomes)

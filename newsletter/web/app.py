@@ -63,6 +63,7 @@ from newsletter.subscribers.signup import (
     request_signup,
     unsubscribe_status,
 )
+from newsletter.subscribers.welcome import site_link
 from newsletter.web.archive import archive_router
 from newsletter.web.pages import Pages
 from newsletter.web.throttle import RateLimiter, client_ip, client_key
@@ -123,6 +124,13 @@ def create_app(
     load_key(settings)  # a bad DKIM key stops `serve` here, not every confirmation later
     expire_pending(engine)
     confirmations = ConfirmationWorker(engine, settings, factory)
+
+    def _site() -> str | None:
+        """The site's own address for a "back to the site" link (None before any story)."""
+        try:
+            return site_link(engine)
+        except sa.exc.SQLAlchemyError:  # a link is not worth failing the page for
+            return None
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -185,7 +193,7 @@ def create_app(
             form = getattr(request.state, "form", {})
             reason = exc.reason if isinstance(exc, AddressError) else exc.message
             error = f"Enter a valid email address, like name@example.com ({reason})."
-            return pages.subscribe_form(400, error=error, **form)
+            return pages.subscribe_form(400, error=error, site_url=_site(), **form)
         if isinstance(exc, TransportError):
             log.warning("confirmation email not sent: %s", exc.message)
             return pages.error(
@@ -306,31 +314,48 @@ def create_app(
         name: Annotated[str, Form(max_length=1000)] = "",
         website: Annotated[str, Form(max_length=1000)] = "",
     ) -> HTMLResponse:
+        """The signup, from our own page or the site's pasted form (`newsletter form`).
+
+        No Origin or CSRF check, on purpose: the site's form posts here from another
+        origin, and a signup only ever leads to a confirmation email (double opt-in);
+        the per-IP limit, the per-mailbox hour and the honeypot are the brakes.
+        """
         request.state.form = {"email": email.strip(), "name": name.strip()}
         if limiter is not None and not limiter.allow(client_key(client_ip(request))):
-            response = pages.error(
+            response = pages.subscribe_form(
                 429,
-                "Too many signups",
-                "Too many signups came from your connection in the last few minutes. "
+                notice="Too many signups came from your connection in the last few minutes. "
                 f"Please try again in {_minutes(limiter.window)}.",
+                notice_heading="Too many signups",
+                site_url=_site(),
+                **request.state.form,
             )
             response.headers["Retry-After"] = str(int(limiter.window))
             return response
-        if website.strip():  # the honeypot: a person never sees it
-            log.info("signup ignored: honeypot field filled")
-        else:
-            result = request_signup(engine, settings, email, name or None, send_now=False)
-            if result.outcome == SignupOutcome.QUEUED:
-                confirmations.wake()
-            elif result.outcome == SignupOutcome.UNDELIVERABLE:
-                return pages.subscribe_form(
-                    400,
-                    error="Our confirmation email to this address was refused by its mail "
-                    "server: the mailbox does not exist. Check the address for typing "
-                    "mistakes and try again.",
-                    **request.state.form,
-                )
-        return pages.render("subscribe_sent.html", expires_days=CONFIRM_TTL.days)
+        if website.strip():  # the honeypot: hidden from people, but autofill may fill it
+            log.info("signup refused: honeypot field filled")
+            return pages.subscribe_form(
+                400,
+                notice="A field that must stay empty was filled in, so nothing was sent "
+                "(some browsers fill it in by themselves). Please enter your address "
+                "below and press Sign up.",
+                notice_heading="Your signup was not sent",
+                site_url=_site(),
+                **request.state.form,
+            )
+        result = request_signup(engine, settings, email, name or None, send_now=False)
+        if result.outcome == SignupOutcome.QUEUED:
+            confirmations.wake()
+        elif result.outcome == SignupOutcome.UNDELIVERABLE:
+            return pages.subscribe_form(
+                400,
+                error="Our confirmation email to this address was refused by its mail "
+                "server: the mailbox does not exist. Check the address for typing "
+                "mistakes and try again.",
+                site_url=_site(),
+                **request.state.form,
+            )
+        return pages.render("subscribe_sent.html", expires_days=CONFIRM_TTL.days, site_url=_site())
 
     @app.api_route("/confirm/{token}", methods=["GET", "HEAD"])
     def confirm_page(token: str) -> HTMLResponse:
@@ -343,8 +368,11 @@ def create_app(
 
     @app.post("/confirm/{token}")
     def confirm(request: Request, token: str) -> HTMLResponse:
-        if confirm_signup(engine, token, ip=client_ip(request)) == ConfirmOutcome.ALREADY:
+        outcome = confirm_signup(engine, token, ip=client_ip(request), settings=settings)
+        if outcome == ConfirmOutcome.ALREADY:
             return pages.render("already_confirmed.html")
+        if settings.welcome:
+            confirmations.wake()  # the welcome email goes from the worker, never from here
         return pages.render("confirmed.html")
 
     app.include_router(archive_router(settings, engine, pages))

@@ -42,6 +42,16 @@ class Pages:
     def error(self, status: int, heading: str, message: str) -> HTMLResponse:
         return self.render("error.html", status, heading=heading, message=message)
 
-    def subscribe_form(self, status: int = 200, **values: str) -> HTMLResponse:
-        context = {"email": "", "name": "", "error": None, **values}
+    def subscribe_form(self, status: int = 200, **values: str | None) -> HTMLResponse:
+        """The signup page; `error` is about the address, `notice` about the whole signup
+        (the honeypot, too many tries); `site_url` offers a way back to the site."""
+        context = {
+            "email": "",
+            "name": "",
+            "error": None,
+            "notice": None,
+            "notice_heading": None,
+            "site_url": None,
+            **values,
+        }
         return self.render("subscribe.html", status, noindex=False, **context)

@@ -145,6 +145,7 @@ def test_main_help_lists_every_command_with_its_short_help(tmp_path: Path) -> No
         "bounces",
         "dkim",
         "doctor",
+        "form",
         "import",
         "send",
         "serve",

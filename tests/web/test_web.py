@@ -408,10 +408,14 @@ def test_a_second_signup_within_the_hour_sends_no_second_email(site: Site) -> No
     assert len(site.smtp.messages) == 1
 
 
-def test_honeypot_signups_are_dropped_silently(site: Site) -> None:
+def test_honeypot_signups_get_a_message_and_no_email(site: Site) -> None:
+    """Issue 13: a filled honeypot gets the signup page with a clear message (autofill may
+    fill it for a person), and no email, no row."""
     bot = site.signup("victim@example.org", website="http://spam.example")
+    assert bot.status_code == 400
+    assert "Your signup was not sent" in bot.text and "must stay empty" in bot.text
     person = site.signup("person@example.org")
-    assert bot.status_code == person.status_code == 200 and bot.text == person.text
+    assert person.status_code == 200
     site.smtp.wait_for(1)
     assert site.smtp.recipients() == ["person@example.org"]
     assert site.row("victim@example.org") is None

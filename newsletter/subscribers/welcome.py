@@ -1,0 +1,379 @@
+"""The welcome email: sent once to each reader who confirms a signup (issue 13).
+
+It says what the reader will receive and how often (from the settings: the
+content mode, NEWSLETTER_ISSUE_PER, NEWSLETTER_MIN_INTERVAL), links the
+archive, and lists the latest issue's stories as titles with links. It carries
+the issue email's footer and headers (one-click List-Unsubscribe, List-Id,
+Precedence) through the same `MessageTemplate` path, DKIM included.
+
+The welcome is never sent inside a request. Confirming records that it is owed
+(`welcome_send_at`); the `newsletter serve` worker sends it at once, with the
+confirmation emails' backoff when the server is down, and the next
+`newsletter send` sends any still owed (`signup.send_owed_mail`, backoff ignored).
+It goes once per subscriber (`welcome_sent_at`), never to imported contacts or
+`subscribers add` (only a confirmed signup owes one), and never to someone who
+left before it went.
+
+State on the row, so that the worker and `newsletter send` never both send it:
+
+    welcome_send_at   welcome_sent_at   meaning
+    None              any               nothing owed (sent, given up, or never owed)
+    T                 None              owed from T (T in the future: a backoff wait)
+    T                 set               claimed by a sender until T (a lease)
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlmodel import col
+
+from newsletter.config import Settings
+from newsletter.db import read_session, write_session
+from newsletter.errors import NewsletterError, TemplateError
+from newsletter.issues.htmltext import cap_line_length
+from newsletter.issues.render import inline_css, new_placeholder, normalise_subject, safe_url
+from newsletter.issues.templating import render_template
+from newsletter.mail.message import MessageTemplate, message_date
+from newsletter.mail.transport import ConnectionLost, TransportFactory, transport_factory
+from newsletter.models import Issue, Story, Subscriber, SubscriberStatus, utcnow
+from newsletter.subscribers.confirmation import email_context, recipient_refused
+
+log = logging.getLogger(__name__)
+
+#: Waits between attempts while the server is down (then the last one, until MAX_ATTEMPTS).
+RETRY_BACKOFF = (
+    timedelta(seconds=30),
+    timedelta(minutes=2),
+    timedelta(minutes=10),
+    timedelta(minutes=30),
+    timedelta(hours=2),
+)
+MAX_ATTEMPTS = 20  # about a day and a half of tries; `newsletter send` tries regardless
+CLAIM_LEASE = timedelta(minutes=15)  # a sender that died mid-way leaves it owed after this
+DRAIN_BATCH = 50
+LATEST_STORIES = 10
+
+#: What each content mode sends, as the welcome says it.
+RECEIVE = {
+    "summary": "a short summary of each new story, with a link to the whole story on the site",
+    "full": "each new story in full, with a link to it on the site",
+    "title": "the title of each new story, with a link to read it on the site",
+}
+
+
+@dataclass(frozen=True)
+class StoryLink:
+    title: str
+    link: str | None
+
+
+@dataclass
+class WelcomeResult:
+    sent: int = 0
+    deferred: int = 0
+    dropped: int = 0  # refused for good, given up, or the reader left first
+
+
+# ---- what it says -----------------------------------------------------------------------
+
+
+def describe_interval(interval: timedelta) -> str:
+    """'7 days', '2 weeks', '12 hours', '1 day', '30 minutes'."""
+    seconds = int(interval.total_seconds())
+    for unit, size in (("week", 604800), ("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = seconds // size
+            return f"{count} {unit}{'' if count == 1 else 's'}"
+    minutes = max(1, round(seconds / 60))
+    return f"{minutes} minute{'' if minutes == 1 else 's'}"
+
+
+def schedule(settings: Settings) -> dict[str, Any]:
+    """What and how often, from the settings (issue_per and min_interval may be absent)."""
+    mode = str(email_context(settings)["content_mode"])
+    issue_per = str(getattr(settings, "issue_per", "send") or "send")
+    interval = getattr(settings, "min_interval", None)
+    if issue_per == "story":
+        how_often = "one email for each new story, soon after it is published"
+    else:
+        how_often = "one email with all the stories published since the previous one"
+    every = describe_interval(interval) if isinstance(interval, timedelta) and interval else None
+    if every:
+        how_often += f", at most once every {every}"
+    return {
+        "receive": RECEIVE.get(mode, RECEIVE["summary"]),
+        "how_often": how_often,
+        "issue_per": issue_per,
+        "min_interval": every,
+    }
+
+
+def latest_stories(engine: Engine, limit: int = LATEST_STORIES) -> list[StoryLink]:
+    """The newest issue's stories (newest first), links checked; [] before the first issue."""
+    newest = sa.select(sa.func.max(col(Issue.id))).scalar_subquery()
+    stmt = (
+        sa.select(col(Story.title), col(Story.link))
+        .where(col(Story.issue_id) == newest)
+        .order_by(col(Story.published_at).desc().nulls_last(), col(Story.id).desc())
+        .limit(limit)
+    )
+    with read_session(engine) as session:
+        rows = session.execute(stmt).all()
+    return [
+        StoryLink(normalise_subject(title, 300), safe_url(link, ("http", "https")))
+        for title, link in rows
+    ]
+
+
+def site_link(engine: Engine) -> str | None:
+    """The site the feed belongs to: the origin of the newest story's link (None: no story yet).
+
+    The feed's own <link> is not stored; its stories' links are, and they sit on the site.
+    """
+    stmt = (
+        sa.select(col(Story.link))
+        .where(col(Story.link).is_not(None))
+        .order_by(col(Story.first_seen_at).desc(), col(Story.id).desc())
+        .limit(1)
+    )
+    with read_session(engine) as session:
+        link = session.execute(stmt).scalar_one_or_none()
+    url = safe_url(link, ("http", "https"))
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}/"
+
+
+def _site(engine: Engine, settings: Settings) -> tuple[str, str]:
+    url = site_link(engine) or settings.base_url
+    host = urlsplit(url).hostname or ""
+    return url, host.removeprefix("www.") or settings.list_title
+
+
+def welcome_subject(settings: Settings, context: dict[str, Any]) -> str:
+    subject = normalise_subject(render_template(settings, "welcome_subject.txt", context))
+    return subject or f"Welcome to {settings.list_title}"
+
+
+@dataclass(frozen=True)
+class WelcomeMessage:
+    """The welcome rendered once per drain; `personalise` gives one reader's bytes."""
+
+    template: MessageTemplate
+    subject: str
+    html: str
+    text: str
+
+    def personalise(self, email: str, name: str | None, token: str) -> bytes:
+        return self.template.personalise(
+            email, name, token, message_id=self.template.new_message_id(), date=message_date()
+        )
+
+
+def render_welcome(engine: Engine, settings: Settings) -> WelcomeMessage:
+    """Render the three templates once, with the unsubscribe link left as a placeholder."""
+    settings.require("postal_address")  # CAN-SPAM: the same footer as every issue
+    site_url, site_name = _site(engine, settings)
+    key, placeholder = new_placeholder()
+    context: dict[str, Any] = {
+        **email_context(settings),
+        **schedule(settings),
+        "archive_url": settings.url("issues"),
+        "site_url": site_url,
+        "site_name": site_name,
+        "stories": latest_stories(engine),
+        "unsubscribe_url": placeholder,
+        "subject": "",
+    }
+    subject = welcome_subject(settings, context)
+    context["subject"] = subject
+    html = inline_css(render_template(settings, "welcome_email.html", context))
+    text = cap_line_length(render_template(settings, "welcome_email.txt", context).strip() + "\n")
+    for name, body in (("welcome_email.html", html), ("welcome_email.txt", text)):
+        if placeholder not in body:
+            raise TemplateError(
+                f"Template {name!r} has no unsubscribe link: "
+                "it must contain {{ unsubscribe_url }}"
+            )
+    marked = f"<!--newsletter-placeholder:{key}-->\n{html}"
+    template = MessageTemplate(settings, subject=subject, html=marked, text=text, issue_id=None)
+    return WelcomeMessage(template, subject, html, text)
+
+
+# ---- owing and sending ------------------------------------------------------------------
+
+
+def owe_welcome(sub: Subscriber, settings: Settings, now: datetime) -> None:
+    """Called as a signup is confirmed: a welcome is owed unless off or already sent once."""
+    if settings.welcome and sub.welcome_sent_at is None and sub.welcome_send_at is None:
+        sub.welcome_send_at = now
+        sub.welcome_attempts = 0
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    id: int
+    email: str
+    name: str | None
+    token: str
+    attempts: int
+
+
+def _owed(now: datetime, *, ignore_backoff: bool) -> sa.ColumnElement[bool]:
+    send_at = col(Subscriber.welcome_send_at)
+    if not ignore_backoff:
+        return sa.and_(send_at.is_not(None), send_at <= now)
+    # `newsletter send`: any owed one now, except one another sender holds (a live lease)
+    return sa.and_(
+        send_at.is_not(None),
+        sa.or_(col(Subscriber.welcome_sent_at).is_(None), send_at <= now),
+    )
+
+
+def _claim(engine: Engine, sub_id: int, now: datetime, ignore_backoff: bool) -> _Claimed | None:
+    """Take one owed welcome under a lease; None if it is gone or no longer wanted."""
+    with write_session(engine) as session:
+        sub = session.get(Subscriber, sub_id)
+        if sub is None or sub.welcome_send_at is None:
+            return None
+        if not ignore_backoff and sub.welcome_send_at > now:
+            return None
+        if sub.welcome_sent_at is not None and sub.welcome_send_at > now:
+            return None  # another sender holds it
+        if sub.status != SubscriberStatus.ACTIVE:
+            sub.welcome_send_at = None  # they left before it went: never welcome them now
+            session.add(sub)
+            return None
+        attempts = (sub.welcome_attempts or 0) + 1
+        sub.welcome_attempts = attempts
+        sub.welcome_sent_at = now  # claimed; kept when the server takes it
+        sub.welcome_send_at = now + CLAIM_LEASE
+        session.add(sub)
+        return _Claimed(sub_id, sub.email, sub.name, sub.token, attempts)
+
+
+def _settle(engine: Engine, job: _Claimed, now: datetime, *, sent: bool, retry: bool) -> None:
+    with write_session(engine) as session:
+        sub = session.get(Subscriber, job.id)
+        if sub is None:
+            return
+        if sent:
+            sub.welcome_sent_at = now
+            sub.welcome_send_at = None
+        elif retry and job.attempts < MAX_ATTEMPTS:
+            sub.welcome_sent_at = None
+            sub.welcome_send_at = now + RETRY_BACKOFF[min(job.attempts, len(RETRY_BACKOFF)) - 1]
+        else:  # refused for good, or tried long enough: no welcome, nothing owed
+            sub.welcome_sent_at = None
+            sub.welcome_send_at = None
+        session.add(sub)
+
+
+def _postpone(engine: Engine, ids: list[int], until: datetime) -> None:
+    """The server cannot be used: the rest of the batch waits too (unclaimed ones only)."""
+    if ids:
+        with write_session(engine) as session:
+            session.execute(
+                sa.update(Subscriber)
+                .where(
+                    col(Subscriber.id).in_(ids),
+                    col(Subscriber.welcome_send_at).is_not(None),
+                    col(Subscriber.welcome_sent_at).is_(None),
+                )
+                .values(welcome_send_at=until)
+            )
+
+
+def send_owed_welcomes(
+    engine: Engine,
+    settings: Settings,
+    factory: TransportFactory | None = None,
+    *,
+    now: datetime | None = None,
+    ignore_backoff: bool = False,
+    limit: int = DRAIN_BATCH,
+) -> WelcomeResult:
+    """Send up to `limit` owed welcomes over one connection; never raises for SMTP trouble.
+
+    `ignore_backoff`: send those waiting for their next try too (`newsletter send`).
+    """
+    sender = settings.sender  # MissingSettings when NEWSLETTER_FROM is unset
+    now = now or utcnow()
+    result = WelcomeResult()
+    stmt = (
+        sa.select(col(Subscriber.id))
+        .where(_owed(now, ignore_backoff=ignore_backoff))
+        .order_by(col(Subscriber.welcome_send_at))
+        .limit(limit)
+    )
+    with read_session(engine) as session:
+        ids = list(session.execute(stmt).scalars())
+    if not ids:
+        return result
+    message = render_welcome(engine, settings)
+    factory = factory or transport_factory(settings)
+    transport = None
+    try:
+        for index, sub_id in enumerate(ids):
+            job = _claim(engine, sub_id, now, ignore_backoff)
+            if job is None:
+                continue
+            data = message.personalise(job.email, job.name, job.token)
+            try:
+                if transport is None:
+                    transport = factory()
+                reply = transport.send(sender.addr_spec, job.email, data)
+            except ConnectionLost as exc:
+                transport = None
+                if exc.after_body:  # the server may have it: never send twice
+                    log.warning("welcome email: connection lost after the body (%s)", exc)
+                    _settle(engine, job, now, sent=True, retry=False)
+                    result.sent += 1
+                else:
+                    _settle(engine, job, now, sent=False, retry=True)
+                    result.deferred += 1
+                continue
+            except NewsletterError as exc:  # the server cannot be used at all (connect, login)
+                log.warning("welcome emails wait: %s", exc.message)
+                _settle(engine, job, now, sent=False, retry=True)
+                later = ids[index + 1 :]
+                _postpone(engine, later, now + RETRY_BACKOFF[0])
+                result.deferred += 1 + len(later)
+                break
+            if reply.ok:
+                _settle(engine, job, now, sent=True, retry=False)
+                result.sent += 1
+            elif recipient_refused(reply):
+                log.info("welcome email refused for good: %s", reply)
+                _settle(engine, job, now, sent=False, retry=False)
+                result.dropped += 1
+            else:
+                log.warning("welcome email deferred: %s", reply)
+                _settle(engine, job, now, sent=False, retry=True)
+                result.deferred += 1
+    finally:
+        if transport is not None:
+            transport.close()
+    return result
+
+
+def next_welcome_at(engine: Engine) -> datetime | None:
+    """When the next owed welcome falls due (None: none owed)."""
+    stmt = sa.select(sa.func.min(col(Subscriber.welcome_send_at)))
+    with read_session(engine) as session:
+        return session.execute(stmt).scalar_one_or_none()
+
+
+def welcomes_owed(engine: Engine) -> int:
+    """How many confirmed readers still wait for their welcome (for `newsletter status`)."""
+    stmt = sa.select(sa.func.count()).where(col(Subscriber.welcome_send_at).is_not(None))
+    with read_session(engine) as session:
+        return int(session.execute(stmt).scalar_one())
