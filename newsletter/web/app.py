@@ -373,7 +373,7 @@ def create_app(
             return pages.render("already_confirmed.html")
         if settings.welcome:
             confirmations.wake()  # the welcome email goes from the worker, never from here
-        return pages.render("confirmed.html")
+        return pages.render("confirmed.html", welcome=settings.welcome)
 
     app.include_router(archive_router(settings, engine, pages))
     return app
