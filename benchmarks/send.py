@@ -36,6 +36,8 @@ from sink import SINK, start_sink
 ROOT = Path(__file__).resolve().parent.parent
 FEED = ROOT / "examples" / "aasr-feed.xml"
 SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
+CONNECTIONS = 4
+PG_DEFAULT = "postgresql+psycopg://newsletter:newsletter@127.0.0.1:5432/newsletter_test"
 
 
 def env_for(workdir: Path, port: int, connections: int) -> dict[str, str]:
@@ -77,46 +79,59 @@ def make_dkim_key(tmp: Path) -> dict[str, str]:
     return {"NEWSLETTER_DKIM_PRIVATE_KEY": str(key), "NEWSLETTER_DKIM_SELECTOR": "bench"}
 
 
-def newsletter_rate(workdir: Path, env: dict[str, str], n: int) -> tuple[float, float, float]:
-    """Messages/s, peak MB and CPU microseconds per message of `newsletter send` to n
-    fresh subscribers (CPU time does not depend on what else the machine runs)."""
+def newsletter_rate(
+    workdir: Path, env: dict[str, str], n: int, url: str | None = None
+) -> tuple[float, float, float, str]:
+    """Messages/s, peak MB, CPU microseconds per message and the `-v` phase lines of
+    `newsletter send` to n fresh subscribers (CPU time does not depend on what else the
+    machine runs); `url` is a database other than a fresh SQLite file in `workdir`."""
     workdir.mkdir()
-    env = {**env, "NEWSLETTER_DATABASE_URL": f"sqlite:///{workdir / 'bench.db'}"}
+    env = {**env, "NEWSLETTER_DATABASE_URL": url or f"sqlite:///{workdir / 'bench.db'}"}
     make_subscribers(workdir, env, n)
     elapsed, rss, cpu, out = run_newsletter(workdir, env)
-    if f"{n} sent" not in out:
+    if f"to {n:,} subscribers" not in out or "pending" in out or "unknown" in out:
         raise SystemExit(f"not everything was sent:\n{out}")
-    return n / elapsed, rss, cpu / n * 1e6
+    phases = " ".join(line.strip() for line in out.splitlines() if line.startswith("  phase"))
+    return n / elapsed, rss, cpu / n * 1e6, phases
 
 
 def make_subscribers(workdir: Path, env: dict[str, str], count: int) -> None:
     """A migrated database with `count` active subscribers (bulk insert, not timed)."""
-    subprocess.run(
-        [sys.executable, "-m", "newsletter", "status"],
-        env=env,
-        cwd=workdir,
-        check=True,
-        capture_output=True,
-    )
-    db = sqlite3.connect(workdir / "bench.db")
+    from newsletter.db import open_database
+
+    url = env["NEWSLETTER_DATABASE_URL"]
+    open_database(url).dispose()
     now = "2026-01-01 00:00:00.000000"
-    db.executemany(
-        "INSERT INTO subscriber (email, email_key, name, status, token, created_at, updated_at)"
-        " VALUES (?, ?, ?, 'active', ?, ?, ?)",
+    rows = (
         (
-            (
-                f"reader{i}@example.org",
-                f"reader{i}@example.org",
-                f"Reader {i}",
-                secrets.token_urlsafe(16),
-                now,
-                now,
-            )
-            for i in range(count)
-        ),
+            f"reader{i}@example.org",
+            f"reader{i}@example.org",
+            f"Reader {i}",
+            secrets.token_urlsafe(16),
+            now,
+            now,
+        )
+        for i in range(count)
     )
-    db.commit()
-    db.close()
+    if url.startswith("sqlite"):
+        db = sqlite3.connect(workdir / "bench.db")
+        db.executemany(
+            "INSERT INTO subscriber (email, email_key, name, status, token, created_at,"
+            " updated_at) VALUES (?, ?, ?, 'active', ?, ?, ?)",
+            rows,
+        )
+        db.commit()
+        db.close()
+        return
+    import psycopg
+
+    columns = "email, email_key, name, status, token, created_at, updated_at"
+    with (
+        psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as pg,
+        pg.cursor().copy(f"COPY subscriber ({columns}) FROM STDIN") as copy,
+    ):
+        for email, key, name, token, created, updated in rows:
+            copy.write_row((email, key, name, "active", token, created, updated))
 
 
 def run_newsletter(workdir: Path, env: dict[str, str]) -> tuple[float, float, float, str]:
@@ -124,7 +139,7 @@ def run_newsletter(workdir: Path, env: dict[str, str]) -> tuple[float, float, fl
     (its SMTP worker processes included), and its output."""
     code = (
         "import resource, runpy, sys, time, json\n"
-        "sys.argv = ['newsletter', 'send']\n"
+        "sys.argv = ['newsletter', 'send', '-v']\n"
         "t = time.perf_counter()\n"
         "try:\n"
         "    runpy.run_module('newsletter', run_name='__main__')\n"
@@ -211,68 +226,99 @@ def smtp_source(port: int, size: int, count: int, sessions: int = 8) -> float | 
     return count / (time.perf_counter() - start)
 
 
+class PostgresDatabases:
+    """A throw-away database per run on the server of `url` (the role needs CREATEDB)."""
+
+    def __init__(self, url: str) -> None:
+        import sqlalchemy as sa
+
+        self.url = sa.make_url(url)
+        self.admin = sa.create_engine(self.url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+        self.names: list[str] = []
+
+    def create(self) -> str:
+        name = f"nlbench_{secrets.token_hex(4)}"
+        with self.admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        self.names.append(name)
+        return self.url.set(database=name).render_as_string(hide_password=False)
+
+    def drop_all(self) -> None:
+        with self.admin.connect() as conn:
+            for name in self.names:
+                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        self.admin.dispose()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="10000,100000")
-    parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--sizes", default="5000,100000")
+    parser.add_argument("--connections", type=int, default=CONNECTIONS)
+    parser.add_argument("--no-dkim", action="store_true", help="skip the DKIM-signed sends")
     parser.add_argument(
-        "--dkim", action="store_true", help="also send with DKIM signing (a throwaway key)"
+        "--postgres",
+        default=os.environ.get("NEWSLETTER_BENCH_POSTGRES_URL", PG_DEFAULT),
+        help="a PostgreSQL URL whose role may CREATE DATABASE ('' to skip)",
     )
     args = parser.parse_args()
     if not Path(SINK).exists():
         raise SystemExit("needs Postfix's smtp-sink (Debian package postfix)")
     sizes = [int(s) for s in args.sizes.split(",")]
     sink, port = start_sink()
-    rows = []
+    server = PostgresDatabases(args.postgres) if args.postgres else None
     try:
         with tempfile.TemporaryDirectory(prefix="bench-send-") as tmp:
             data = one_message(Path(tmp))
-            dkim_env = make_dkim_key(Path(tmp)) if args.dkim else None
-            print(f"message size: {len(data) / 1024:.1f} KB, smtp-sink on 127.0.0.1:{port}")
+            dkim_env = None if args.no_dkim else make_dkim_key(Path(tmp))
+            print(
+                f"message size: {len(data) / 1024:.1f} KB, smtp-sink on 127.0.0.1:{port}, "
+                f"{args.connections} SMTP connections",
+                flush=True,
+            )
             for n in sizes:
                 env = env_for(Path(tmp), port, args.connections)
-                ours, rss, cpu = newsletter_rate(Path(tmp) / f"n{n}", env, n)
-                signed = None
-                if dkim_env is not None:
-                    signed_env = {**env, **dkim_env}
-                    rate, _, signed_cpu = newsletter_rate(Path(tmp) / f"n{n}-dkim", signed_env, n)
-                    signed = (rate, signed_cpu)
                 bare, bare_cpu = bare_smtplib(port, data, min(n, 20000))
                 source = smtp_source(port, len(data), min(n, 50000))
-                rows.append((n, ours, rss, cpu, signed, bare, bare_cpu, source))
+                ours, rss, cpu, phases = newsletter_rate(Path(tmp) / f"n{n}", env, n)
+                print(f"{n:,} subscribers:")
+                print(
+                    f"  bare smtplib loop, 1 connection: {bare:,.0f} msg/s"
+                    f" ({bare_cpu:.0f} us CPU/msg)"
+                )
+                if source is not None:
+                    print(f"  smtp-source x8 (the machine's limit): {source:,.0f} msg/s")
+                print(
+                    f"  send SQLite: {ours:,.0f} msg/s; ratio {ours / bare:.2f} to bare"
+                    f" (aim >= 1.5); peak RSS {rss:.0f} MB; {cpu:.0f} us CPU/msg, all processes",
+                    flush=True,
+                )
+                print(f"    {phases}", flush=True)
+                if dkim_env is not None:
+                    rate, _, signed_cpu, _ = newsletter_rate(
+                        Path(tmp) / f"n{n}-dkim", {**env, **dkim_env}, n
+                    )
+                    print(
+                        f"  send SQLite + DKIM rsa-sha256 2048: {rate:,.0f} msg/s; ratio"
+                        f" {rate / bare:.2f} to bare (aim >= 0.8); {signed_cpu:.0f} us CPU/msg",
+                        flush=True,
+                    )
+                if server is not None:
+                    url = server.create()
+                    rate, pg_rss, pg_cpu, pg_phases = newsletter_rate(
+                        Path(tmp) / f"n{n}-pg", env, n, url
+                    )
+                    print(
+                        f"  send PostgreSQL, 1 worker: {rate:,.0f} msg/s; ratio {rate / ours:.2f}"
+                        f" to SQLite (aim >= 0.8); peak RSS {pg_rss:.0f} MB;"
+                        f" {pg_cpu:.0f} us CPU/msg",
+                        flush=True,
+                    )
+                    print(f"    {pg_phases}", flush=True)
     finally:
         sink.terminate()
         sink.wait()
-    print()
-    dkim_head = f" {'with DKIM':>10} {'ratio':>6}" if args.dkim else ""
-    print(
-        f"{'subscribers':>11} {'newsletter msg/s':>16} {'peak MB':>8}{dkim_head} "
-        f"{'bare smtplib':>13} {'ratio':>6} {'smtp-source x8':>15} {'of limit':>9}"
-    )
-    for n, ours, rss, _, signed, bare, _, source in rows:
-        src = f"{source:15.0f}" if source else f"{'n/a':>15}"
-        limit = f"{ours / source:9.2f}" if source else f"{'n/a':>9}"
-        dkim_cols = f" {signed[0]:10.0f} {signed[0] / bare:6.2f}" if signed is not None else ""
-        print(
-            f"{n:>11} {ours:16.0f} {rss:8.0f}{dkim_cols} {bare:13.0f} {ours / bare:6.2f} "
-            f"{src} {limit}"
-        )
-    print(
-        f"\nnewsletter send: {args.connections} SMTP connections, SQLite bookkeeping per message;"
-        " ratio = newsletter / bare smtplib loop (aim: above 1.5)."
-    )
-    if args.dkim:
-        print(
-            "with DKIM: every message signed (rsa-sha256 2048, relaxed/relaxed); its ratio is"
-            " signed / bare smtplib loop (aim: at least 1.0)."
-        )
-        print("CPU per message (all processes of the send; the bare loop's client):")
-        for n, _, _, cpu, signed, _, bare_cpu, _ in rows:
-            assert signed is not None
-            print(
-                f"{n:>11}: {cpu:.0f} us without DKIM, {signed[1]:.0f} us with"
-                f" (+{signed[1] - cpu:.0f} us to sign), bare loop {bare_cpu:.0f} us"
-            )
+        if server is not None:
+            server.drop_all()
 
 
 if __name__ == "__main__":

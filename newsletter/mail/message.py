@@ -35,6 +35,9 @@ from newsletter.mail.dkim import MessageSigner, load_key
 CRLF = b"\r\n"
 SOFT_BREAK = b"=\r\n"
 _LINE_BREAKS = re.compile(r"\r\n|\r|\n")
+#: A name header_safe leaves as it is (most of them): ASCII letters, digits, a few marks,
+#: single inner spaces; checked per message, where header_safe (nh3, ftfy) costs ~30 us.
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9.'-]+(?: [A-Za-z0-9.'-]+)*")
 
 
 def unsubscribe_url(settings: Settings, token: str) -> str:
@@ -107,7 +110,10 @@ def _to_value(name: str | None, email: str) -> str:
     """The To value. A name that is non-ASCII or holds '=?' is encoded here, as folded
     encoded-words: a subscriber's own '=?utf-8?q?=0D=0A...?=' then reads as that literal
     text, never decoded into CR/LF or a second address (issue 11, 11)."""
-    clean = header_safe(name) if name else ""
+    if name and len(name) <= 200 and _PLAIN_NAME.fullmatch(name) and "  " not in name:
+        clean = name  # what header_safe returns for it, at a fraction of the cost
+    else:
+        clean = header_safe(name) if name else ""
     if not clean:
         return email
     if clean.isascii() and "=?" not in clean:

@@ -40,8 +40,14 @@ from newsletter.errors import LoginRefused, TransportError
 #: RFC 5321 suggests up to 10 minutes for the reply to the end of DATA; a relay that
 #: takes that long holds every message that long, so the default is shorter (a setting).
 FINAL_REPLY_TIMEOUT = 120.0
-_LEADING_DOT = re.compile(rb"(?m)^\.")
 _outbox_sequence = itertools.count(1)
+
+
+def dot_stuffed(data: bytes) -> bytes:
+    """RFC 5321 4.5.2: a line that starts with '.' gets a second one (bytes.replace is
+    several times faster than the regular expression on a 30 KB message)."""
+    stuffed = data.replace(b"\n.", b"\n..")
+    return b"." + stuffed if stuffed.startswith(b".") else stuffed
 
 
 @dataclass(frozen=True)
@@ -127,7 +133,9 @@ class SMTPTransport(BaseTransport):
         """A connection ready for MAIL FROM (what connect() keeps)."""
         cfg = self.config
         where = f"{cfg.host}:{cfg.port}"
-        context = self.ssl_context or ssl.create_default_context()
+        context = self.ssl_context  # made only for TLS: loading the CA store costs ~25 ms
+        if context is None and cfg.security in ("tls", "starttls"):
+            context = ssl.create_default_context()
         smtp: smtplib.SMTP | None = None
         try:
             if cfg.security == "tls":
@@ -205,10 +213,9 @@ class SMTPTransport(BaseTransport):
             refused = self._envelope(smtp, mail_from, rcpt)
             if refused is not None:
                 return refused
-            payload = _LEADING_DOT.sub(b"..", data)
-            if not payload.endswith(b"\r\n"):
-                payload += b"\r\n"
-            smtp.send(payload + b".\r\n")
+            payload = dot_stuffed(data)
+            end = b".\r\n" if payload.endswith(b"\r\n") else b"\r\n.\r\n"
+            smtp.send(payload + end)
             body_sent = True
             if smtp.sock is not None:
                 smtp.sock.settimeout(self.final_reply_timeout)

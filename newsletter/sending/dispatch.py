@@ -1,16 +1,18 @@
 """One pass over an issue's due deliveries: hand them to N SMTP connections, settle the answers.
 
-The loop (`Sender.run`): give a message to every idle connection (each runs in
-a child process, or a thread for the in-memory and outbox transports; see
-connections.py), wait for answers, settle them. Every message is bracketed by
-durable writes (ledger.py), so a crash at any moment leaves at most the
-messages in flight undecided:
+The loop (`Sender.run`): give a batch of up to `policy.batch` messages to every
+idle connection (1, 2, 4 ... at first, so that a small send or the start of a
+big one still goes message by message) (each runs in a child process, or a thread for the in-memory
+and outbox transports; see connections.py), wait for a batch's answers,
+settle them. Every batch is bracketed by durable writes (ledger.py), so a
+crash at any moment leaves at most the batches in flight undecided (at most
+connections x batch messages; docs/architecture.md, "Failure model"):
 
     pending --(commit)--> sending --SMTP--> sent / deferred / failed / unknown
 
-The outcomes of one round and the `sending` marks of the next go into one
-commit, made by this process alone (the connections never touch the
-database). Deliveries left `sending` by a crashed run become `unknown`
+The outcomes of a connection's batch and the `sending` marks of its next batch
+go into one commit, made by this process alone (the connections never touch
+the database). Deliveries left `sending` by a crashed run become `unknown`
 (queue.recover), never `pending`: the server may have them.
 
 Two guards stop a run that is going wrong: the circuit breaker of outcomes.py
@@ -21,6 +23,7 @@ but never answered.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import selectors
 import threading
@@ -43,6 +46,7 @@ from newsletter.sending.connections import (
     Down,
     Job,
     Lost,
+    NotTried,
     Replied,
     Silent,
 )
@@ -94,7 +98,7 @@ class Report:
 
 
 class Sender:
-    """Feeds one pass over an issue's due deliveries to N connections, one message each at a
+    """Feeds one pass over an issue's due deliveries to N connections, a batch each at a
     time; `worker_id` (a shared send) fences its starts by this worker's claims."""
 
     def __init__(
@@ -137,25 +141,33 @@ class Sender:
             for n in range(self.policy.connections)
         ]
         db = writing(self.engine.connect())
+        Ledger.durable(db)
         selector = selectors.DefaultSelector()  # kept for the run: cheaper than wait() per round
         for connection in connections:
             selector.register(connection.pipe, selectors.EVENT_READ, connection)
-        busy: dict[Connection, Recipient] = {}
+        busy: dict[Connection, list[Recipient]] = {}
         finished: list[Finished] = []
         source = iter(recipients)
         exhausted = False
+        sizes = dict.fromkeys(connections, 1)  # slow start: 1, 2, 4 ... up to policy.batch
         try:
             while True:
                 idle = [c for c in connections if c not in busy]
                 starts: list[tuple[Connection, Recipient, str]] = []
                 while idle and not exhausted and not self.stop.is_set():
-                    recipient = next(source, None)
-                    if recipient is None:
-                        exhausted = True
-                        break
-                    starts.append((idle.pop(), recipient, self.template.new_message_id()))
+                    connection = idle.pop()
+                    size = sizes[connection]
+                    sizes[connection] = min(size * 2, max(1, self.policy.batch))
+                    for _ in range(size):
+                        recipient = next(source, None)
+                        if recipient is None:
+                            exhausted = True
+                            break
+                        starts.append((connection, recipient, self.template.new_message_id()))
                 allowed = self.ledger.commit(db, finished, [(r, m) for _, r, m in starts])
                 finished = []
+                batches: dict[Connection, tuple[list[Job], list[Recipient]]] = {}
+                date = ""
                 for (connection, recipient, message_id), ok in zip(starts, allowed, strict=True):
                     if ok is None:  # no longer ours (another worker took it over)
                         continue
@@ -164,28 +176,40 @@ class Sender:
                         self._tick()
                         continue
                     self.limiter.wait()
-                    connection.submit(
-                        Job(
+                    jobs, sent_to = batches.setdefault(connection, ([], []))
+                    if not jobs:
+                        date = message_date()  # once per batch: they go out within seconds
+                    jobs.append(
+                        (
                             recipient.delivery_id,
                             recipient.email,
                             recipient.name,
                             recipient.token,
                             message_id,
-                            message_date(),
+                            date,
                         )
                     )
-                    busy[connection] = recipient
+                    sent_to.append(recipient)
+                for connection, (jobs, sent_to) in batches.items():
+                    connection.submit(jobs)
+                    busy[connection] = sent_to
                 if not busy:
                     if exhausted or self.stop.is_set():
                         break
                     continue  # every start was skipped: fetch more
                 for key, _events in selector.select():
                     connection = key.data
-                    recipient = busy.pop(connection, None)
-                    if recipient is None:  # not waiting on it: a dead connection's EOF
+                    batch = busy.pop(connection, None)
+                    if batch is None:  # not waiting on it: a dead connection's EOF
                         selector.unregister(connection.pipe)
                         continue
-                    finished += self._answer(connection.receive(), recipient)
+                    answers = connection.receive()
+                    if isinstance(answers, Crashed):  # the process died: nobody knows
+                        for recipient in batch:
+                            finished += self._answer(answers, recipient)
+                        continue
+                    for answer, recipient in zip(answers, batch, strict=True):
+                        finished += self._answer(answer, recipient)
         except BaseException:
             self.stop.set()  # Ctrl-C: what is in flight stays `sending` -> unknown
             raise
@@ -195,6 +219,8 @@ class Sender:
                 if finished:
                     self.ledger.commit(db, finished, [])
             finally:
+                with contextlib.suppress(Exception):  # back to the pool as it came
+                    Ledger.durable(db, on=False)
                 db.close()
                 selector.close()
                 for connection in connections:
@@ -222,6 +248,9 @@ class Sender:
             case Down(detail, error):
                 self._halt(error if error is not None else TransportError(detail))
                 return [Finished(recipient, REQUEUE, detail)]
+            case NotTried():  # the batch stopped before it: it never left, back to pending
+                self.report.count("requeued")
+                return [Finished(recipient, REQUEUE, None)]
             case Crashed(detail):
                 self._halt(NewsletterError(f"sending stopped: {detail}"))
                 # The message may or may not have gone: record it unknown.

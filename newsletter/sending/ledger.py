@@ -85,6 +85,12 @@ _SQLITE = {
     "bounce": "UPDATE subscriber SET status = :bounced, updated_at = :now"
     " WHERE id = :sid AND status = :active",
 }
+#: A plain `sent` outcome, the common case, recorded for many rows at once.
+_SQLITE_SENT = (
+    "UPDATE delivery SET status = ?, last_error = NULL, updated_at = ?, sent_at = ?,"
+    " next_attempt_at = NULL WHERE id = ?"
+)
+_SENT = DeliveryStatus.SENT.value
 _STATES = {
     "pending": DeliveryStatus.PENDING.value,  # pending and deferred: DeliveryStatus.OPEN
     "deferred": DeliveryStatus.DEFERRED.value,
@@ -112,6 +118,24 @@ class Ledger:
         self.issue_created = issue_created
         self.policy = policy
         self.worker_id = worker_id  # set on shared sends: starts need our claim
+
+    @staticmethod
+    def durable(conn: Connection, on: bool = True) -> None:
+        """Make every commit on `conn` reach the disk before it returns (or stop).
+
+        The `sending` marks must survive a power loss, or a message that went out
+        could be found `pending` after the reboot and sent again. SQLite's WAL with
+        synchronous=NORMAL (db.py, right for everything else) may lose the last
+        commits on power loss; FULL syncs the WAL at each commit. On PostgreSQL
+        synchronous_commit must be on (the server default) for the same reason.
+        """
+        if conn.dialect.name == "sqlite":  # on the driver: no SQLAlchemy transaction
+            raw = conn.connection.driver_connection
+            if raw is not None:
+                raw.execute(f"PRAGMA synchronous={'FULL' if on else 'NORMAL'}")
+        elif conn.dialect.name == "postgresql" and on:
+            conn.exec_driver_sql("SET synchronous_commit TO on")
+            conn.commit()
 
     def commit(
         self,
@@ -217,9 +241,50 @@ class Ledger:
 
         cursor.execute("BEGIN IMMEDIATE")
         try:
-            allowed = self._apply(run, finished, starts, now)
+            stamp = _sqlite_time(now)
+            rest = self._sent_in_bulk(cursor, finished, stamp)
+            for done in rest:
+                self._finish(run, done, now)
+            allowed = self._start_in_bulk(cursor, starts, stamp)
+            for i, ok in enumerate(allowed):
+                if ok is None:  # not started: its subscriber left, or it is not open
+                    allowed[i] = self._apply(run, [], [starts[i]], now)[0]
         except BaseException:
             cursor.execute("ROLLBACK")
             raise
         cursor.execute("COMMIT")
         return allowed
+
+    @staticmethod
+    def _sent_in_bulk(
+        cursor: Any, finished: Sequence[Finished], stamp: str | None
+    ) -> list[Finished]:
+        """Record every plain `sent` in one executemany; returns the others (per row)."""
+        sent = [(done.recipient.delivery_id,) for done in finished if done.status == _SENT]
+        if sent:
+            cursor.executemany(_SQLITE_SENT, [(_SENT, stamp, stamp, did) for (did,) in sent])
+        return [done for done in finished if done.status != _SENT]
+
+    @staticmethod
+    def _start_in_bulk(
+        cursor: Any, starts: Sequence[tuple[Recipient, str]], stamp: str | None
+    ) -> list[bool | None]:
+        """Mark all starts `sending` in one executemany; True where the mark took (read
+        back by message id: executemany gives one total row count), None elsewhere."""
+        if not starts:
+            return []
+        params = [
+            dict(_STATES, did=r.delivery_id, sid=r.subscriber_id, mid=m, now=stamp)
+            for r, m in starts
+        ]
+        cursor.executemany(_SQLITE["start"], params)
+        ids = [r.delivery_id for r, _ in starts]
+        marks = ",".join("?" * len(ids))
+        taken = {
+            row[0]
+            for row in cursor.execute(
+                f"SELECT message_id FROM delivery WHERE id IN ({marks}) AND status = ?",  # noqa: S608 - only placeholders
+                [*ids, _STATES["sending"]],
+            )
+        }
+        return [True if m in taken else None for _, m in starts]

@@ -7,6 +7,11 @@ from datetime import timedelta
 
 from newsletter.config import Settings
 
+#: Messages handed to one SMTP connection at a time, all marked `sending` in one commit
+#: and recorded in one commit after: a killed send leaves at most this many `unknown`
+#: per connection (docs/architecture.md, "Failure model").
+BATCH = 16
+
 
 @dataclass
 class Policy:
@@ -17,6 +22,7 @@ class Policy:
     max_per_connection: int = 1000
     retry_delays: tuple[float, ...] = (5.0, 30.0)
     max_age: timedelta = timedelta(hours=72)
+    batch: int = BATCH  # messages per connection per commit; 1 under a rate limit
 
 
 def policy_from(settings: Settings) -> Policy:
@@ -27,4 +33,5 @@ def policy_from(settings: Settings) -> Policy:
         rate=settings.send_rate,
         retry_delays=settings.retry_delays,
         max_age=timedelta(hours=settings.retry_max_age_hours),
+        batch=1 if settings.send_rate else BATCH,  # the limiter paces single messages
     )
