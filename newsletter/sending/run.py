@@ -305,24 +305,11 @@ def _send_issues(
     made: list[Story] = []
     while True:
         with creation_lock(engine) if shared else nullcontext():
-            if not made:  # the cadence spaces runs, not the issues of one run
-                due = issue_store.next_issue_due(engine, options.interval(settings), utcnow())
-                if due is not None:
-                    waiting = issue_store.record_only(engine, feed, fetched=fetched)
-                    if waiting:
-                        result.not_yet = _not_yet(engine, due, waiting=waiting)
-                    else:
-                        result.nothing_new = "no new stories"
-                    return
-            created = issue_store.create_issue(
-                engine,
-                settings,
-                feed,
-                fetched=fetched,
-                max_stories=options.max_stories,
-                min_stories=1 if made else options.min_stories,
-                per_story=per_story,
-            )
+            created = _next_issue(engine, settings, options, feed, fetched, result, made)
+        if created is None:  # not due yet
+            if shared:  # another worker may have just made the last issue: help with it
+                _help_unfinished(engine, result, run)
+            return
         if created.issue is None and made:
             return  # every new story went out, each as its own issue
         made += created.stories
@@ -338,6 +325,37 @@ def _send_issues(
                     f"for the next run (--max-stories {options.max_stories} issues a run)."
                 )
             return
+
+
+def _next_issue(
+    engine: Engine,
+    settings: Settings,
+    options: SendOptions,
+    feed: Feed,
+    fetched: FetchResult,
+    result: SendResult,
+    made: list[Story],
+) -> issue_store.Created | None:
+    """Make the run's next issue, or None when the minimum interval has not passed (then
+    the feed's stories are only recorded and `result` says why)."""
+    if not made:  # the cadence spaces the runs that make issues, not the issues of one run
+        due = issue_store.next_issue_due(engine, options.interval(settings), utcnow())
+        if due is not None:
+            waiting = issue_store.record_only(engine, feed, fetched=fetched)
+            if waiting:
+                result.not_yet = _not_yet(engine, due, waiting=waiting)
+            else:
+                result.nothing_new = "no new stories"
+            return None
+    return issue_store.create_issue(
+        engine,
+        settings,
+        feed,
+        fetched=fetched,
+        max_stories=options.max_stories,
+        min_stories=1 if made else options.min_stories,
+        per_story=options.per_story(settings),
+    )
 
 
 def _not_yet(engine: Engine, due: datetime, *, waiting: int) -> str:
