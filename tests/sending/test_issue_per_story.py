@@ -214,3 +214,21 @@ def test_a_bad_issue_per_setting_is_a_one_line_error_and_changes_nothing(
     assert "Traceback" not in bad.stderr
     assert issues(site) == []
     assert smtp_server.messages == []
+
+
+def test_preview_and_test_copy_show_the_next_issue_alone(
+    site: Path, smtp_server: SMTPServer
+) -> None:
+    env = env_for(site, smtp_server)
+    preview = site / "next.html"
+    shown = run_cli(site, "send", "--preview", str(preview), **env)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    html = preview.read_text(encoding="utf-8")
+    assert "Summary of story 0." in html  # the oldest new story, alone
+    assert "Summary of story 1." not in html
+    assert "Summary of story 2." not in html
+
+    copy = run_cli(site, "send", "--to", "staff@example.org", **env)
+    assert copy.returncode == 0, copy.stdout + copy.stderr
+    assert received(smtp_server) == Counter({("staff@example.org", TITLES[0]): 1})
+    assert issues(site) == []  # recorded nowhere
