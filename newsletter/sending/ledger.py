@@ -91,6 +91,21 @@ _SQLITE_SENT = (
     " next_attempt_at = NULL WHERE id = ?"
 )
 _SENT = DeliveryStatus.SENT.value
+#: The same bulk writes for psycopg (PostgreSQL); `claimed_by` is cleared as in "finish".
+_PG_SENT = (
+    "UPDATE delivery SET status = %(sent)s, last_error = NULL, updated_at = %(now)s,"
+    " sent_at = %(now)s, next_attempt_at = NULL, claimed_by = NULL, lease_until = NULL"
+    " WHERE id = ANY(%(ids)s)"
+)
+_PG_START = (
+    "UPDATE delivery AS d SET status = %(sending)s, message_id = v.mid,"
+    " attempts = d.attempts + 1, updated_at = %(now)s"
+    " FROM unnest(%(ids)s::bigint[], %(mids)s::text[]) AS v(id, mid)"
+    " WHERE d.id = v.id AND d.status IN (%(pending)s, %(deferred)s) AND EXISTS"
+    " (SELECT 1 FROM subscriber AS s WHERE s.id = d.subscriber_id AND s.status = %(active)s)"
+)
+_PG_START_FENCED = _PG_START + " AND d.claimed_by = %(me)s RETURNING d.id"
+_PG_START += " RETURNING d.id"
 _STATES = {
     "pending": DeliveryStatus.PENDING.value,  # pending and deferred: DeliveryStatus.OPEN
     "deferred": DeliveryStatus.DEFERRED.value,
@@ -156,16 +171,61 @@ class Ledger:
         with self.lock:
             if conn.dialect.name == "sqlite":
                 return self._commit_sqlite(conn, finished, starts, now)
+            postgres = conn.dialect.name == "postgresql"
             for attempt in range(RETRIES):
                 try:
                     with conn.begin():
+                        if postgres:
+                            return self._apply_postgres(conn, finished, starts, now)
                         return self._apply(self._core_runner(conn), finished, starts, now)
-                except sa.exc.OperationalError as exc:
+                except Exception as exc:
                     # A deadlock or serialisation failure rolled it all back: run it again.
-                    code = getattr(exc.orig, "sqlstate", None)
+                    code = getattr(getattr(exc, "orig", exc), "sqlstate", None)
                     if code not in _RETRYABLE or attempt == RETRIES - 1:
                         raise
             raise AssertionError("unreachable")
+
+    def _apply_postgres(
+        self,
+        conn: Connection,
+        finished: Sequence[Finished],
+        starts: Sequence[tuple[Recipient, str]],
+        now: datetime,
+    ) -> list[bool | None]:
+        """`_apply` on psycopg directly: the plain `sent` outcomes in one UPDATE, the
+        sending marks in one UPDATE ... FROM unnest(...) RETURNING; the rare rest (other
+        outcomes, starts that did not take) row by row through Core, in the same
+        transaction. Through Core each statement cost a round trip and its compile."""
+        raw = conn.connection.driver_connection
+        if raw is None:
+            raise RuntimeError("the PostgreSQL connection is closed")
+        cursor = raw.cursor()
+        sent = sorted(d.recipient.delivery_id for d in finished if d.status == _SENT)
+        if sent:
+            cursor.execute(_PG_SENT, {"sent": _SENT, "now": now, "ids": sent})
+        run = self._core_runner(conn)
+        for done in finished:
+            if done.status != _SENT:
+                self._finish(run, done, now)
+        if not starts:
+            return []
+        ordered = sorted(starts, key=lambda start: start[0].delivery_id)
+        params = {
+            **_STATES,
+            "now": now,
+            "ids": [r.delivery_id for r, _ in ordered],
+            "mids": [m for _, m in ordered],
+            "me": self.worker_id,
+        }
+        cursor.execute(_PG_START if self.worker_id is None else _PG_START_FENCED, params)
+        taken = {row[0] for row in cursor.fetchall()}
+        allowed: list[bool | None] = []
+        for start in starts:
+            if start[0].delivery_id in taken:
+                allowed.append(True)
+            else:  # its subscriber left (skip it), or it is no longer ours or open
+                allowed.append(self._apply(run, [], [start], now)[0])
+        return allowed
 
     def _apply(
         self,
