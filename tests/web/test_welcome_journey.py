@@ -276,3 +276,22 @@ def test_too_many_tries_from_the_site_form_get_the_message_and_no_hint(
             assert smtp_server.recipients() == ["first@example.org"]
         finally:
             site.close()
+
+
+def test_a_cross_origin_post_is_accepted_and_opens_nothing_else(
+    site: Site, smtp_server: SMTPServer
+) -> None:
+    """What a browser sends for the site's form: Origin and Sec-Fetch-Site of another site."""
+    cross = {"Origin": "https://endseclusion.org", "Sec-Fetch-Site": "cross-site"}
+    response = site.http.post("/subscribe", data={"email": "x@example.org"}, headers=cross)
+    assert response.status_code == 200 and "Check your email" in response.text
+    assert "access-control-allow-origin" not in response.headers  # no CORS: a page, not an API
+    smtp_server.wait_for(1)
+    token = site.token("x@example.org")
+    page = site.http.get(f"/unsubscribe/{token}", headers=cross)
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert page.headers["x-frame-options"] == "DENY"
+    preflight = site.http.options(
+        "/subscribe", headers={**cross, "Access-Control-Request-Method": "POST"}
+    )
+    assert "access-control-allow-origin" not in preflight.headers
