@@ -20,6 +20,7 @@ from newsletter.cli.app import App, main, pass_app
 if TYPE_CHECKING:
     from datetime import timedelta
 
+    from newsletter.config import Settings
     from newsletter.sending.deliver import IssueResult
     from newsletter.sending.run import SendOptions, SendResult
 
@@ -150,12 +151,13 @@ def _interval(ctx: click.Context, param: click.Parameter, value: str | None) -> 
         raise click.BadParameter(exc.message.partition(": ")[2]) from None
 
 
-def _send_owed_mail(app: App) -> None:
+def _send_owed_mail(app: App, settings: Settings) -> None:
     """Welcome emails (and confirmations) that the web worker could not send: sending/
-    may not import subscribers/, so the edge calls it after the send."""
+    may not import subscribers/, so the edge calls it after the send. `settings` are the
+    configured ones: a welcome describes NEWSLETTER_STORY_CONTENT, not this run's --content."""
     from newsletter.subscribers.signup import send_owed_mail
 
-    owed = send_owed_mail(app.engine, app.settings)
+    owed = send_owed_mail(app.engine, settings)
     welcomes, confirmations = owed.welcomes.sent, owed.confirmations.sent
     if welcomes or confirmations:
         parts = [
@@ -215,6 +217,7 @@ def send(
     verbose: bool = False,
 ) -> None:
     """Send the feed's new stories to every active subscriber."""
+    configured = app.settings
     if content is not None:  # one run's content mode: the core reads settings.story_content
         import dataclasses
 
@@ -251,7 +254,7 @@ def send(
     result = run_send(engine, app.settings, options, progress=_progress_bar)
     _print_result(app, result, options)
     if not (trial or baseline) and result.error is None:
-        _send_owed_mail(app)
+        _send_owed_mail(app, configured)
     if verbose:
         for line in phases.report():
             click.echo(f"  {line}")

@@ -92,3 +92,31 @@ def test_send_content_overrides_the_setting_for_a_test_copy(
     assert html is not None and "story-title" in html.get_content()
     bad = run_cli(tmp_path, "send", "--content", "everything", "--dry-run", **env)
     assert bad.returncode == 2 and "everything" in bad.stderr
+
+
+def test_send_content_leaves_the_welcome_describing_the_setting(
+    tmp_path: Path, smtp_server: SMTPServer
+) -> None:
+    """A welcome owed when `send --content full` runs still says what the setting sends."""
+    from newsletter.db import open_database
+    from newsletter.subscribers.signup import confirm_signup, request_signup
+
+    env = _env(tmp_path, NEWSLETTER_SMTP_URL=smtp_server.url)
+    settings = settings_for(tmp_path, NEWSLETTER_SMTP_URL=smtp_server.url)
+    engine = open_database(settings.database_url)
+    request_signup(engine, settings, "new@example.org", send_now=False)
+    with engine.connect() as conn:
+        token = conn.exec_driver_sql(
+            "SELECT confirm_token FROM subscriber WHERE confirm_token IS NOT NULL"
+        ).scalar_one()
+    confirm_signup(engine, token, ip=None, settings=settings)
+    engine.dispose()
+    done = run_cli(tmp_path, "send", "--content", "full", **env)
+    assert done.returncode == 0, done.stderr
+    assert "Also sent 1 welcome email and 1 confirmation email" not in done.stdout
+    assert "Also sent 1 welcome email owed to new subscribers." in done.stdout
+    [welcome] = [m for m in smtp_server.messages if m.parsed()["Subject"] == "Welcome to AASR"]
+    text = welcome.parsed().get_body(("plain",))
+    assert text is not None
+    said = " ".join(text.get_content().split())
+    assert "a short summary of each new story" in said and "in full" not in said
