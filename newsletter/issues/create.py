@@ -344,10 +344,11 @@ def baseline(engine: Engine, feed: Feed, *, fetched: FetchResult | None = None) 
 def render_preview(
     stories: Sequence[FeedStory | Story], settings: Settings, feed: Feed
 ) -> RenderedIssue:
-    """Render stories as an issue would be, without storing anything."""
-    return render_issue(
-        stories, settings, issue_id=None, feed_title=feed.title, feed_link=feed.link
+    """Render stories as an issue would be (the same size guard), without storing anything."""
+    rendered, _ = render_within_size(
+        list(stories), settings, issue_id=None, feed_title=feed.title, feed_link=feed.link
     )
+    return rendered
 
 
 def unfinished_issues(engine: Engine) -> list[Issue]:

@@ -392,6 +392,11 @@ def _new_issue(
             f"{created.held_back} older new stories were kept for the next issue, so that "
             "this email stays under Gmail's clipping size."
         )
+    for title in created.truncated_story_titles:
+        result.notes.append(
+            f'"{title}" alone passes Gmail\'s clipping size: it was cut at a paragraph '
+            'boundary and ends with "Continue reading on the site".'
+        )
     result.recipients = created.recipients
     if created.issue is None:
         result.nothing_new = created.reason
