@@ -10,10 +10,17 @@ under the GIL; the in-memory and outbox transports stay in threads.
 
 The pipe carries small pickled values, one per *batch* of messages, not one
 per message (each pipe round trip costs the parent tens of microseconds).
-Parent -> connection: a list of Jobs, or None (stop). The connection fills in
-the issue's message itself (its own copy of the MessageTemplate, DKIM signing
-included, so the RSA work runs in the connection processes, beside the SMTP
-traffic), so only a few short strings cross the pipe per message.
+Parent -> connection: (epoch, a list of Jobs), or None (stop). Up to AHEAD
+batches are queued per connection, so that it never waits for the parent's
+commit (a durable commit takes ~10 ms on PostgreSQL). After any answer but
+Replied the connection answers NotTried to the batches already queued
+behind it (their epoch is not newer than the troubled one), so that only the
+parent decides whether more messages go out; and once the parent stops the
+run (`halted`, a byte in shared memory), no connection starts another message.
+The connection fills in the issue's message itself (its own copy of the
+MessageTemplate, DKIM signing included, so the RSA work runs in the connection
+processes, beside the SMTP traffic): only a few short strings cross the pipe
+per message.
 Connection -> parent, one list per batch, one answer per Job, in order:
     Replied(reply)      the server's answer for that message (Reply.stage says to what)
     Lost(detail)        the connection died after the body: unknown
@@ -125,20 +132,25 @@ def connection_loop(
     factory: TransportFactory,
     template: MessageTemplate,
     max_per_connection: int,
+    halted: Any = None,
 ) -> None:
     """Serve batches of Jobs until told to stop; always answers every Job of a batch once,
     in one list."""
     transport = factory()
     count = 0
     settings = template.settings
+    stale = -1  # batches of this epoch or older are answered NotTried (see Connection)
     try:
         while True:
-            jobs: list[Job] | None = pipe.recv()
-            if jobs is None:
+            batch: tuple[int, list[Job]] | None = pipe.recv()
+            if batch is None:
                 break
+            epoch, jobs = batch
             answers: list[Answer] = []
-            stop = False
+            stop = epoch <= stale  # queued before the parent saw the trouble: not tried
             for delivery_id, email, name, token, message_id, date in jobs:
+                if halted is not None and halted.value:
+                    stop = True  # the parent stopped the run: nothing more leaves
                 if stop:
                     answers.append(NotTried())
                     continue
@@ -157,9 +169,9 @@ def connection_loop(
                 if count >= max_per_connection:
                     transport.close()
                     count = 0
-            pipe.send(answers)
-            if any(isinstance(a, Crashed) for a in answers):
-                break
+            pipe.send(answers)  # after a Crashed too: the parent stops the run, and
+            if stop:  # what it queued behind comes back NotTried until then
+                stale = max(stale, epoch)
     except (EOFError, OSError):
         pass  # the parent went away
     finally:
@@ -193,9 +205,10 @@ def _process_main(
     factory: TransportFactory,
     template: MessageTemplate,
     max_per_connection: int,
+    halted: Any,
 ) -> None:
     _die_with_parent(parent)
-    connection_loop(pipe, factory, template, max_per_connection)
+    connection_loop(pipe, factory, template, max_per_connection, halted)
 
 
 class Connection:
@@ -210,9 +223,11 @@ class Connection:
         use_process: bool,
         max_per_connection: int,
         name: str,
+        halted: Any = None,
     ) -> None:
         self.pipe, child = multiprocessing.Pipe()
-        args = (child, factory, template, max_per_connection)
+        self.epoch = 0
+        args = (child, factory, template, max_per_connection, halted)
         self.runner: Any
         if use_process:
             context = multiprocessing.get_context("fork")
@@ -227,8 +242,18 @@ class Connection:
         if use_process:
             child.close()  # the child has its own copy
 
-    def submit(self, jobs: list[Job]) -> None:
-        self.pipe.send(jobs)
+    def submit(self, jobs: list[Job]) -> bool:
+        """Queue a batch; False when the connection is gone (none of it left)."""
+        try:
+            self.pipe.send((self.epoch, jobs))
+        except OSError:  # BrokenPipeError: it ended (its Crashed answer is on the way)
+            return False
+        return True
+
+    def trouble(self) -> None:
+        """The parent saw an answer other than a reply: the batch already queued behind
+        it comes back NotTried, so that only the parent decides whether more go out."""
+        self.epoch += 1
 
     def receive(self) -> list[Answer] | Crashed:
         """The answers to the batch submitted last (Crashed if the process died: then

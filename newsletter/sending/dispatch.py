@@ -2,11 +2,13 @@
 
 The loop (`Sender.run`): give a batch of up to `policy.batch` messages to every
 idle connection (1, 2, 4 ... at first, so that a small send or the start of a
-big one still goes message by message) (each runs in a child process, or a thread for the in-memory
-and outbox transports; see connections.py), wait for a batch's answers,
+big one still goes message by message), and up to AHEAD batches queued per
+connection, so that it sends one while the parent commits the next (each
+connection runs in a child process, or a thread for the in-memory and outbox
+transports; see connections.py), wait for a batch's answers,
 settle them. Every batch is bracketed by durable writes (ledger.py), so a
 crash at any moment leaves at most the batches in flight undecided (at most
-connections x batch messages; docs/architecture.md, "Failure model"):
+connections x AHEAD x batch messages; docs/architecture.md, "Failure model"):
 
     pending --(commit)--> sending --SMTP--> sent / deferred / failed / unknown
 
@@ -24,9 +26,11 @@ but never answered.
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import random
 import selectors
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -53,7 +57,7 @@ from newsletter.sending.connections import (
 from newsletter.sending.ledger import Ledger
 from newsletter.sending.outcomes import Breaker, Outcome, classify, sender_error
 from newsletter.sending.pacing import Limiter, RateLimiter
-from newsletter.sending.policy import Policy
+from newsletter.sending.policy import AHEAD, Policy
 from newsletter.sending.work import BOUNCE, REQUEUE, Finished, Recipient
 
 #: The counters of a Report (its attribute names), for `Report.count`.
@@ -125,6 +129,8 @@ class Sender:
         self.ledger = Ledger(issue_created, policy, worker_id=worker_id)
         self.limiter = limiter or RateLimiter(policy.rate)
         self.stop = threading.Event()
+        #: Read by the connections before each message (shared memory: they may be forked).
+        self.halted = multiprocessing.RawValue("b", 0)
         self.held: list[Finished] = []  # permanent refusals while the breaker is undecided
         self.silent = 0  # messages in a row the server never answered
 
@@ -137,6 +143,7 @@ class Sender:
                 use_process=self.use_processes,
                 max_per_connection=self.policy.max_per_connection,
                 name=f"smtp-{n}",
+                halted=self.halted,
             )
             for n in range(self.policy.connections)
         ]
@@ -145,17 +152,25 @@ class Sender:
         selector = selectors.DefaultSelector()  # kept for the run: cheaper than wait() per round
         for connection in connections:
             selector.register(connection.pipe, selectors.EVENT_READ, connection)
-        busy: dict[Connection, list[Recipient]] = {}
+        busy: dict[Connection, deque[list[Recipient]]] = {}  # batches queued, in order
         finished: list[Finished] = []
         source = iter(recipients)
         exhausted = False
         sizes = dict.fromkeys(connections, 1)  # slow start: 1, 2, 4 ... up to policy.batch
         try:
             while True:
-                idle = [c for c in connections if c not in busy]
-                starts: list[tuple[Connection, Recipient, str]] = []
-                while idle and not exhausted and not self.stop.is_set():
-                    connection = idle.pop()
+                # Room for AHEAD batches each; every connection's first batch comes first.
+                idle = [
+                    c
+                    for round_ in range(AHEAD)
+                    for c in connections
+                    if len(busy.get(c, ())) <= round_
+                ]
+                owners: list[Connection] = []  # the connection of each new batch
+                starts: list[tuple[int, Recipient, str]] = []  # (batch number, ...)
+                for connection in idle:
+                    if exhausted or self.stop.is_set():
+                        break
                     size = sizes[connection]
                     sizes[connection] = min(size * 2, max(1, self.policy.batch))
                     for _ in range(size):
@@ -163,12 +178,14 @@ class Sender:
                         if recipient is None:
                             exhausted = True
                             break
-                        starts.append((connection, recipient, self.template.new_message_id()))
+                        message_id = self.template.new_message_id()
+                        starts.append((len(owners), recipient, message_id))
+                    owners.append(connection)
                 allowed = self.ledger.commit(db, finished, [(r, m) for _, r, m in starts])
                 finished = []
-                batches: dict[Connection, tuple[list[Job], list[Recipient]]] = {}
+                batches: dict[int, tuple[list[Job], list[Recipient]]] = {}
                 date = ""
-                for (connection, recipient, message_id), ok in zip(starts, allowed, strict=True):
+                for (number, recipient, message_id), ok in zip(starts, allowed, strict=True):
                     if ok is None:  # no longer ours (another worker took it over)
                         continue
                     if not ok:
@@ -176,7 +193,7 @@ class Sender:
                         self._tick()
                         continue
                     self.limiter.wait()
-                    jobs, sent_to = batches.setdefault(connection, ([], []))
+                    jobs, sent_to = batches.setdefault(number, ([], []))
                     if not jobs:
                         date = message_date()  # once per batch: they go out within seconds
                     jobs.append(
@@ -190,24 +207,36 @@ class Sender:
                         )
                     )
                     sent_to.append(recipient)
-                for connection, (jobs, sent_to) in batches.items():
-                    connection.submit(jobs)
-                    busy[connection] = sent_to
+                for number, (jobs, sent_to) in batches.items():
+                    if owners[number].submit(jobs):
+                        busy.setdefault(owners[number], deque()).append(sent_to)
+                    else:  # never handed over: back to pending, and the run stops
+                        self._halt(
+                            NewsletterError("sending stopped: a connection ended"),
+                            requeued=False,
+                        )
+                        for recipient in sent_to:
+                            finished += self._answer(NotTried(), recipient)
                 if not busy:
                     if exhausted or self.stop.is_set():
                         break
                     continue  # every start was skipped: fetch more
-                for key, _events in selector.select():
-                    connection = key.data
-                    batch = busy.pop(connection, None)
-                    if batch is None:  # not waiting on it: a dead connection's EOF
+                for ready, _events in selector.select():
+                    connection = ready.data
+                    queued = busy.get(connection)
+                    if not queued:  # not waiting on it: a dead connection's EOF
                         selector.unregister(connection.pipe)
                         continue
+                    batch = queued.popleft()
+                    if not queued:
+                        del busy[connection]
                     answers = connection.receive()
                     if isinstance(answers, Crashed):  # the process died: nobody knows
                         for recipient in batch:
                             finished += self._answer(answers, recipient)
                         continue
+                    if any(not isinstance(a, Replied | NotTried) for a in answers):
+                        connection.trouble()  # NotTried only echoes a trouble seen before
                     for answer, recipient in zip(answers, batch, strict=True):
                         finished += self._answer(answer, recipient)
         except BaseException:
@@ -266,6 +295,7 @@ class Sender:
         if self.report.stopped is None:
             self.report.stopped = exc
         self.stop.set()
+        self.halted.value = 1
         if requeued:
             self.report.count("requeued")
 

@@ -8,9 +8,13 @@ from datetime import timedelta
 from newsletter.config import Settings
 
 #: Messages handed to one SMTP connection at a time, all marked `sending` in one commit
-#: and recorded in one commit after: a killed send leaves at most this many `unknown`
-#: per connection (docs/architecture.md, "Failure model").
-BATCH = 16
+#: and recorded in one commit after.
+BATCH = 8
+#: Batches queued per connection: it sends one while the parent commits the next.
+AHEAD = 2
+#: The most deliveries a killed send leaves `sending` (then `unknown`) per SMTP
+#: connection (docs/architecture.md, "Failure model").
+IN_FLIGHT_PER_CONNECTION = AHEAD * BATCH
 
 
 @dataclass
