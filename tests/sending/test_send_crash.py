@@ -146,10 +146,10 @@ def kill_at_random_points(tmp_path: Path, make_smtp_server, kills: int, seed: in
     nobody got two copies, that exactly those left `sending` ended `unknown`, and that
     everyone else got their one copy."""
     rng = random.Random(seed)
-    readers = many(kills * 40 + 100)
+    readers = many(kills * 60 + 200)
     engine = open_database(database_url(tmp_path))
     add_subscribers(engine, readers)
-    server = make_smtp_server(data_delay=0.02)  # about 200 msg/s over 4 connections
+    server = make_smtp_server(data_delay=0.05)  # at most 80 msg/s over 4 connections
     env = _env(tmp_path, server)
     in_flight: set[str] = set()
     landed = 0
@@ -175,7 +175,7 @@ def kill_at_random_points(tmp_path: Path, make_smtp_server, kills: int, seed: in
         in_flight |= left
         if _open_left(engine) == 0 and not _sending(engine) - in_flight:
             break
-    assert landed >= min(kills, 5)
+    assert landed == kills  # every kill hit a send that still had work
     while _open_left(engine) or _sending(engine):
         done = _send_to_the_end(tmp_path, env)
         assert done.returncode == 0, done.stdout + done.stderr
