@@ -4,25 +4,21 @@ SQLite file, a .env file or none, run from the right folder or the wrong one (cr
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from newsletter.db import open_database
-from tests.support.helpers import BASE_ENV, SAMPLE_FEED, add_subscribers, many, table_dump
+from tests.support.helpers import (
+    BASE_ENV,
+    SAMPLE_FEED,
+    add_subscribers,
+    many,
+    one_error_line,
+    table_dump,
+)
 from tests.support.helpers import run_cli as run
 from tests.support.smtpserver import SMTPServer
-
-
-def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
-    """The single stderr line of a clean failure (exit 1, no traceback)."""
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("Error: ")
-    return lines[0]
 
 
 def write_env(folder: Path, *extra: str) -> None:

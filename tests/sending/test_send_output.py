@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from tests.support.helpers import (
     database_url,
     deliveries,
     many,
+    one_error_line,
 )
 from tests.support.helpers import run_cli as run
 from tests.support.smtpserver import SMTPServer
@@ -50,14 +50,6 @@ def statuses(site: Path) -> dict[str, str]:
     finally:
         engine.dispose()
 
-
-def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
-    """The single `Error: ...` line of a failed run (exit 1, no traceback)."""
-    assert result.returncode == 1, result.stdout + result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("Error: ") and "Traceback" not in result.stderr
-    return lines[0]
 
 
 def test_a_successful_send_writes_nothing_to_stderr(site: Path, smtp_server: SMTPServer) -> None:

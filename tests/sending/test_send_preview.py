@@ -8,7 +8,6 @@ loudly (exit 1, one line) when nothing is written or sent.
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from tests.support.helpers import (
     add_subscribers,
     database_url,
     many,
+    one_error_line,
     table_dump,
 )
 from tests.support.helpers import run_cli as run
@@ -70,13 +70,6 @@ def dump(site: Path) -> dict[str, list[tuple[object, ...]]]:
     finally:
         engine.dispose()
 
-
-def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 1, result.stdout + result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("Error: ") and "Traceback" not in result.stderr
-    return lines[0]
 
 
 def down_url() -> str:

@@ -145,3 +145,13 @@ def start_send(site: Path, env: dict[str, str]) -> Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def one_error_line(result: CompletedProcess[str]) -> str:
+    """The single `Error: ...` line of a clean failure: exit 1, one stderr line, no traceback."""
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: ")
+    return lines[0]
