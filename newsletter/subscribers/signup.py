@@ -47,12 +47,20 @@ from sqlmodel import Session, col, select
 
 from newsletter.config import Settings
 from newsletter.db import read_session, write_session
-from newsletter.errors import NewsletterError, TokenError
+from newsletter.errors import TokenError
 from newsletter.mail.addresses import clean_name, email_hash, normalise_address
-from newsletter.mail.transport import ConnectionLost, TransportFactory, transport_factory
+from newsletter.mail.transport import Reply, TransportFactory, transport_factory
 from newsletter.models import Subscriber, SubscriberStatus, Suppression, utcnow
-from newsletter.subscribers.confirmation import build_confirmation, recipient_refused
+from newsletter.subscribers.confirmation import build_confirmation
 from newsletter.subscribers.manage import new_token
+from newsletter.subscribers.owed import (
+    CLAIM_LEASE,
+    DRAIN_BATCH,
+    Outcome,
+    drain,
+    next_try,
+    postpone,
+)
 from newsletter.subscribers.welcome import (
     WelcomeResult,
     next_welcome_at,
@@ -66,18 +74,7 @@ CONFIRM_TTL = timedelta(days=7)
 RESEND_INTERVAL = timedelta(hours=1)  # at most one confirmation email per mailbox per hour
 WEB_SOURCE = "web"
 TOKEN_MAX_LENGTH = 64  # Subscriber.token / confirm_token column size
-#: Waits between attempts to send an owed confirmation (then the last one, until the TTL).
-RETRY_BACKOFF = (
-    timedelta(seconds=30),
-    timedelta(minutes=2),
-    timedelta(minutes=10),
-    timedelta(minutes=30),
-    timedelta(hours=2),
-)
-MAX_ATTEMPTS = 10
-#: A claimed confirmation is retried after this if its sender died mid-way.
-CLAIM_LEASE = timedelta(minutes=15)
-DRAIN_BATCH = 50
+MAX_ATTEMPTS = 10  # about 11 hours of tries (owed.next_try); then the visitor signs up again
 
 #: Statuses that can never sign up again through the web.
 NEVER_AGAIN = frozenset({SubscriberStatus.COMPLAINED})
@@ -281,32 +278,29 @@ def _claim(engine: Engine, sub_id: int, now: datetime) -> _Claimed | None:
 
 
 def _settle(
-    engine: Engine, job: _Claimed, now: datetime, *, retry: bool, error: str | None = None
+    engine: Engine, job: _Claimed, now: datetime, outcome: Outcome, reply: Reply | None
 ) -> None:
     """Record how the attempt ended: done, retry later (backoff) or refused for good."""
     with write_session(engine) as session:
         sub = session.get(Subscriber, job.id)
         if sub is None or sub.confirm_token != job.confirm_token:
             return  # a newer signup replaced the link meanwhile
-        if retry and job.attempts < MAX_ATTEMPTS:
-            wait = RETRY_BACKOFF[min(job.attempts, len(RETRY_BACKOFF)) - 1]
-            sub.confirm_send_at = now + wait
-        else:
-            sub.confirm_send_at = None
+        retry = outcome is Outcome.RETRY
+        sub.confirm_send_at = next_try(now, job.attempts, MAX_ATTEMPTS) if retry else None
+        error = str(reply) if outcome is Outcome.REFUSED else None
         sub.confirm_error = error[:200] if error else None
         session.add(sub)
 
 
-def _postpone(engine: Engine, ids: list[int], until: datetime) -> None:
-    """The server is unusable: the rest of the batch waits too (no hammering it)."""
-    if not ids:
-        return
-    with write_session(engine) as session:
-        session.execute(
-            sa.update(Subscriber)
-            .where(col(Subscriber.id).in_(ids), col(Subscriber.confirm_send_at).is_not(None))
-            .values(confirm_send_at=until)
-        )
+def _message(settings: Settings, job: _Claimed) -> tuple[str, bytes]:
+    data = build_confirmation(
+        settings,
+        job.email,
+        confirm_url(settings, job.confirm_token),
+        expires_days=CONFIRM_TTL.days,
+        unsubscribe_token=job.unsubscribe_token,
+    )
+    return job.email, data
 
 
 def send_owed_confirmations(
@@ -324,69 +318,30 @@ def send_owed_confirmations(
     dropped connection or an unreachable server waits for the next backoff step.
     """
     sender = settings.sender  # MissingSettings when NEWSLETTER_FROM is unset
-    now = now or utcnow()
-    result = DrainResult()
-    stmt = sa.select(col(Subscriber.id)).where(*_due(now)).order_by(col(Subscriber.confirm_send_at))
+    when = now or utcnow()
+    stmt = (
+        sa.select(col(Subscriber.id)).where(*_due(when)).order_by(col(Subscriber.confirm_send_at))
+    )
     if only_id is not None:
         stmt = stmt.where(col(Subscriber.id) == only_id)
     with read_session(engine) as session:
         ids = list(session.execute(stmt.limit(limit)).scalars())
     if not ids:
-        return result
-    factory = factory or transport_factory(settings)
-    transport = None
-    try:
-        for sub_id in ids:
-            job = _claim(engine, sub_id, now)
-            if job is None:
-                result.expired += 1
-                continue
-            data = build_confirmation(
-                settings,
-                job.email,
-                confirm_url(settings, job.confirm_token),
-                expires_days=CONFIRM_TTL.days,
-                unsubscribe_token=job.unsubscribe_token,
-            )
-            try:
-                if transport is None:
-                    transport = factory()
-                reply = transport.send(sender.addr_spec, job.email, data)
-            except ConnectionLost as exc:
-                transport = None
-                if exc.after_body:  # the server may have it: never send twice
-                    log.warning("confirmation email: connection lost after the body (%s)", exc)
-                    _settle(engine, job, now, retry=False)
-                    result.sent += 1
-                else:
-                    _settle(engine, job, now, retry=True)
-                    result.deferred += 1
-                continue
-            except NewsletterError as exc:  # the server cannot be used at all (connect, login)
-                log.warning("confirmation emails wait: %s", exc.message)
-                _settle(engine, job, now, retry=True)
-                later = ids[ids.index(sub_id) + 1 :]
-                _postpone(engine, later, now + RETRY_BACKOFF[0])
-                result.deferred += 1 + len(later)
-                break
-            if reply.ok:
-                _settle(engine, job, now, retry=False)
-                result.sent += 1
-            elif recipient_refused(reply):
-                log.info("confirmation email refused for good: %s", reply)
-                _settle(engine, job, now, retry=False, error=str(reply))
-                result.refused += 1
-            else:
-                if 500 <= reply.code < 600:
-                    log.error("the mail server refused a confirmation email: %s", reply)
-                else:
-                    log.warning("confirmation email deferred: %s", reply)
-                _settle(engine, job, now, retry=True)
-                result.deferred += 1
-    finally:
-        if transport is not None:
-            transport.close()
-    return result
+        return DrainResult()
+    drained = drain(
+        ids,
+        factory or transport_factory(settings),
+        sender.addr_spec,
+        when,
+        claim=lambda sub_id: _claim(engine, sub_id, when),
+        message=lambda job: _message(settings, job),
+        settle=lambda job, outcome, reply: _settle(engine, job, when, outcome, reply),
+        postpone_rest=lambda later, until: postpone(engine, later, until, "confirm_send_at"),
+        what="confirmation email",
+        log=log,
+        error_on_5xx=True,
+    )
+    return DrainResult(drained.sent, drained.deferred, drained.refused, drained.skipped)
 
 
 def next_owed_at(engine: Engine) -> datetime | None:

@@ -36,28 +36,26 @@ from sqlmodel import col
 
 from newsletter.config import Settings
 from newsletter.db import read_session, write_session
-from newsletter.errors import NewsletterError, TemplateError
+from newsletter.errors import TemplateError
 from newsletter.issues.htmltext import cap_line_length
 from newsletter.issues.render import inline_css, new_placeholder, normalise_subject, safe_url
 from newsletter.issues.templating import render_template
 from newsletter.mail.message import MessageTemplate, message_date
-from newsletter.mail.transport import ConnectionLost, TransportFactory, transport_factory
+from newsletter.mail.transport import TransportFactory, transport_factory
 from newsletter.models import Issue, Story, Subscriber, SubscriberStatus, utcnow
-from newsletter.subscribers.confirmation import email_context, recipient_refused
+from newsletter.subscribers.confirmation import email_context
+from newsletter.subscribers.owed import (
+    CLAIM_LEASE,
+    DRAIN_BATCH,
+    Outcome,
+    drain,
+    next_try,
+    postpone,
+)
 
 log = logging.getLogger(__name__)
 
-#: Waits between attempts while the server is down (then the last one, until MAX_ATTEMPTS).
-RETRY_BACKOFF = (
-    timedelta(seconds=30),
-    timedelta(minutes=2),
-    timedelta(minutes=10),
-    timedelta(minutes=30),
-    timedelta(hours=2),
-)
 MAX_ATTEMPTS = 20  # about a day and a half of tries; `newsletter send` tries regardless
-CLAIM_LEASE = timedelta(minutes=15)  # a sender that died mid-way leaves it owed after this
-DRAIN_BATCH = 50
 LATEST_STORIES = 10
 
 #: What each content mode sends, as the welcome says it.
@@ -260,36 +258,25 @@ def _claim(engine: Engine, sub_id: int, now: datetime, ignore_backoff: bool) -> 
         return _Claimed(sub_id, sub.email, sub.name, sub.token, attempts)
 
 
-def _settle(engine: Engine, job: _Claimed, now: datetime, *, sent: bool, retry: bool) -> None:
+def _settle(engine: Engine, job: _Claimed, now: datetime, outcome: Outcome) -> None:
+    """Record how the attempt ended: sent, retry after the backoff, or nothing owed."""
     with write_session(engine) as session:
         sub = session.get(Subscriber, job.id)
         if sub is None:
             return
-        if sent:
+        if outcome is Outcome.SENT:
             sub.welcome_sent_at = now
             sub.welcome_send_at = None
-        elif retry and job.attempts < MAX_ATTEMPTS:
+        else:  # the next try; or, refused for good or tried long enough, nothing owed
             sub.welcome_sent_at = None
-            sub.welcome_send_at = now + RETRY_BACKOFF[min(job.attempts, len(RETRY_BACKOFF)) - 1]
-        else:  # refused for good, or tried long enough: no welcome, nothing owed
-            sub.welcome_sent_at = None
-            sub.welcome_send_at = None
+            retry = outcome is Outcome.RETRY
+            sub.welcome_send_at = next_try(now, job.attempts, MAX_ATTEMPTS) if retry else None
         session.add(sub)
 
 
 def _postpone(engine: Engine, ids: list[int], until: datetime) -> None:
-    """The server cannot be used: the rest of the batch waits too (unclaimed ones only)."""
-    if ids:
-        with write_session(engine) as session:
-            session.execute(
-                sa.update(Subscriber)
-                .where(
-                    col(Subscriber.id).in_(ids),
-                    col(Subscriber.welcome_send_at).is_not(None),
-                    col(Subscriber.welcome_sent_at).is_(None),
-                )
-                .values(welcome_send_at=until)
-            )
+    """The rest of the batch waits too (unclaimed ones only: a claimed one has a lease)."""
+    postpone(engine, ids, until, "welcome_send_at", col(Subscriber.welcome_sent_at).is_(None))
 
 
 def send_owed_welcomes(
@@ -319,50 +306,19 @@ def send_owed_welcomes(
     if not ids:
         return result
     message = render_welcome(engine, settings)
-    factory = factory or transport_factory(settings)
-    transport = None
-    try:
-        for index, sub_id in enumerate(ids):
-            job = _claim(engine, sub_id, now, ignore_backoff)
-            if job is None:
-                continue
-            data = message.personalise(job.email, job.name, job.token)
-            try:
-                if transport is None:
-                    transport = factory()
-                reply = transport.send(sender.addr_spec, job.email, data)
-            except ConnectionLost as exc:
-                transport = None
-                if exc.after_body:  # the server may have it: never send twice
-                    log.warning("welcome email: connection lost after the body (%s)", exc)
-                    _settle(engine, job, now, sent=True, retry=False)
-                    result.sent += 1
-                else:
-                    _settle(engine, job, now, sent=False, retry=True)
-                    result.deferred += 1
-                continue
-            except NewsletterError as exc:  # the server cannot be used at all (connect, login)
-                log.warning("welcome emails wait: %s", exc.message)
-                _settle(engine, job, now, sent=False, retry=True)
-                later = ids[index + 1 :]
-                _postpone(engine, later, now + RETRY_BACKOFF[0])
-                result.deferred += 1 + len(later)
-                break
-            if reply.ok:
-                _settle(engine, job, now, sent=True, retry=False)
-                result.sent += 1
-            elif recipient_refused(reply):
-                log.info("welcome email refused for good: %s", reply)
-                _settle(engine, job, now, sent=False, retry=False)
-                result.dropped += 1
-            else:
-                log.warning("welcome email deferred: %s", reply)
-                _settle(engine, job, now, sent=False, retry=True)
-                result.deferred += 1
-    finally:
-        if transport is not None:
-            transport.close()
-    return result
+    drained = drain(
+        ids,
+        factory or transport_factory(settings),
+        sender.addr_spec,
+        now,
+        claim=lambda sub_id: _claim(engine, sub_id, now, ignore_backoff),
+        message=lambda job: (job.email, message.personalise(job.email, job.name, job.token)),
+        settle=lambda job, outcome, _reply: _settle(engine, job, now, outcome),
+        postpone_rest=lambda later, until: _postpone(engine, later, until),
+        what="welcome email",
+        log=log,
+    )
+    return WelcomeResult(drained.sent, drained.deferred, drained.refused)
 
 
 def next_welcome_at(engine: Engine) -> datetime | None:
