@@ -51,16 +51,9 @@ from newsletter.errors import TokenError
 from newsletter.mail.addresses import clean_name, email_hash, normalise_address
 from newsletter.mail.transport import Reply, TransportFactory, transport_factory
 from newsletter.models import Subscriber, SubscriberStatus, Suppression, utcnow
+from newsletter.subscribers import owed
 from newsletter.subscribers.confirmation import build_confirmation
 from newsletter.subscribers.manage import new_token
-from newsletter.subscribers.owed import (
-    CLAIM_LEASE,
-    DRAIN_BATCH,
-    Outcome,
-    drain,
-    next_try,
-    postpone,
-)
 from newsletter.subscribers.welcome import (
     WelcomeResult,
     next_welcome_at,
@@ -272,22 +265,22 @@ def _claim(engine: Engine, sub_id: int, now: datetime) -> _Claimed | None:
             return None
         attempts = (sub.confirm_attempts or 0) + 1
         sub.confirm_attempts = attempts
-        sub.confirm_send_at = now + CLAIM_LEASE
+        sub.confirm_send_at = now + owed.CLAIM_LEASE
         session.add(sub)
         return _Claimed(sub_id, sub.email, sub.confirm_token, sub.token, attempts)
 
 
 def _settle(
-    engine: Engine, job: _Claimed, now: datetime, outcome: Outcome, reply: Reply | None
+    engine: Engine, job: _Claimed, now: datetime, outcome: owed.Outcome, reply: Reply | None
 ) -> None:
     """Record how the attempt ended: done, retry later (backoff) or refused for good."""
     with write_session(engine) as session:
         sub = session.get(Subscriber, job.id)
         if sub is None or sub.confirm_token != job.confirm_token:
             return  # a newer signup replaced the link meanwhile
-        retry = outcome is Outcome.RETRY
-        sub.confirm_send_at = next_try(now, job.attempts, MAX_ATTEMPTS) if retry else None
-        error = str(reply) if outcome is Outcome.REFUSED else None
+        retry = outcome is owed.Outcome.RETRY
+        sub.confirm_send_at = owed.next_try(now, job.attempts, MAX_ATTEMPTS) if retry else None
+        error = str(reply) if outcome is owed.Outcome.REFUSED else None
         sub.confirm_error = error[:200] if error else None
         session.add(sub)
 
@@ -310,7 +303,7 @@ def send_owed_confirmations(
     *,
     now: datetime | None = None,
     only_id: int | None = None,
-    limit: int = DRAIN_BATCH,
+    limit: int = owed.DRAIN_BATCH,
 ) -> DrainResult:
     """Send up to `limit` owed confirmation emails over one connection; never raises for SMTP.
 
@@ -328,7 +321,7 @@ def send_owed_confirmations(
         ids = list(session.execute(stmt.limit(limit)).scalars())
     if not ids:
         return DrainResult()
-    drained = drain(
+    drained = owed.drain(
         ids,
         factory or transport_factory(settings),
         sender.addr_spec,
@@ -336,7 +329,7 @@ def send_owed_confirmations(
         claim=lambda sub_id: _claim(engine, sub_id, when),
         message=lambda job: _message(settings, job),
         settle=lambda job, outcome, reply: _settle(engine, job, when, outcome, reply),
-        postpone_rest=lambda later, until: postpone(engine, later, until, "confirm_send_at"),
+        postpone_rest=lambda later, until: owed.postpone(engine, later, until, "confirm_send_at"),
         what="confirmation email",
         log=log,
         error_on_5xx=True,

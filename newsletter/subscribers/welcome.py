@@ -43,15 +43,8 @@ from newsletter.issues.templating import render_template
 from newsletter.mail.message import MessageTemplate, message_date
 from newsletter.mail.transport import TransportFactory, transport_factory
 from newsletter.models import Issue, Story, Subscriber, SubscriberStatus, utcnow
+from newsletter.subscribers import owed
 from newsletter.subscribers.confirmation import email_context
-from newsletter.subscribers.owed import (
-    CLAIM_LEASE,
-    DRAIN_BATCH,
-    Outcome,
-    drain,
-    next_try,
-    postpone,
-)
 
 log = logging.getLogger(__name__)
 
@@ -253,30 +246,30 @@ def _claim(engine: Engine, sub_id: int, now: datetime, ignore_backoff: bool) -> 
         attempts = (sub.welcome_attempts or 0) + 1
         sub.welcome_attempts = attempts
         sub.welcome_sent_at = now  # claimed; kept when the server takes it
-        sub.welcome_send_at = now + CLAIM_LEASE
+        sub.welcome_send_at = now + owed.CLAIM_LEASE
         session.add(sub)
         return _Claimed(sub_id, sub.email, sub.name, sub.token, attempts)
 
 
-def _settle(engine: Engine, job: _Claimed, now: datetime, outcome: Outcome) -> None:
+def _settle(engine: Engine, job: _Claimed, now: datetime, outcome: owed.Outcome) -> None:
     """Record how the attempt ended: sent, retry after the backoff, or nothing owed."""
     with write_session(engine) as session:
         sub = session.get(Subscriber, job.id)
         if sub is None:
             return
-        if outcome is Outcome.SENT:
+        if outcome is owed.Outcome.SENT:
             sub.welcome_sent_at = now
             sub.welcome_send_at = None
         else:  # the next try; or, refused for good or tried long enough, nothing owed
             sub.welcome_sent_at = None
-            retry = outcome is Outcome.RETRY
-            sub.welcome_send_at = next_try(now, job.attempts, MAX_ATTEMPTS) if retry else None
+            retry = outcome is owed.Outcome.RETRY
+            sub.welcome_send_at = owed.next_try(now, job.attempts, MAX_ATTEMPTS) if retry else None
         session.add(sub)
 
 
 def _postpone(engine: Engine, ids: list[int], until: datetime) -> None:
     """The rest of the batch waits too (unclaimed ones only: a claimed one has a lease)."""
-    postpone(engine, ids, until, "welcome_send_at", col(Subscriber.welcome_sent_at).is_(None))
+    owed.postpone(engine, ids, until, "welcome_send_at", col(Subscriber.welcome_sent_at).is_(None))
 
 
 def send_owed_welcomes(
@@ -286,7 +279,7 @@ def send_owed_welcomes(
     *,
     now: datetime | None = None,
     ignore_backoff: bool = False,
-    limit: int = DRAIN_BATCH,
+    limit: int = owed.DRAIN_BATCH,
 ) -> WelcomeResult:
     """Send up to `limit` owed welcomes over one connection; never raises for SMTP trouble.
 
@@ -306,7 +299,7 @@ def send_owed_welcomes(
     if not ids:
         return result
     message = render_welcome(engine, settings)
-    drained = drain(
+    drained = owed.drain(
         ids,
         factory or transport_factory(settings),
         sender.addr_spec,
