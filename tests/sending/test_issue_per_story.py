@@ -20,7 +20,15 @@ import sqlalchemy as sa
 
 from newsletter.db import open_database
 from newsletter.models import Issue, IssueStatus, Story, StoryState, table_of
-from tests.support.helpers import BASE_ENV, ROOT, add_subscribers, database_url, many, run_cli
+from tests.support.helpers import (
+    BASE_ENV,
+    ROOT,
+    add_subscribers,
+    backend,
+    database_url,
+    many,
+    run_cli,
+)
 from tests.support.smtpserver import SMTPServer
 
 pytestmark = pytest.mark.usefixtures("db_backend")
@@ -164,7 +172,8 @@ def test_kill_9_between_second_and_third_issue_then_rerun_sends_exactly_the_rest
     again = run_cli(site, "send", **env_for(site, smtp_server))
     assert again.returncode == 0, again.stdout + again.stderr
     assert rerun_says in again.stdout
-    assert "Took over the lock of an interrupted send" in again.stdout
+    if backend() == "sqlite":  # PostgreSQL has no send lock: sends share issues (claims)
+        assert "Took over the lock of an interrupted send" in again.stdout
     assert received(smtp_server) == Counter({(r, t): 1 for r in READERS for t in TITLES})
     assert [(s, st) for _, s, st in issues(site)] == [(t, IssueStatus.SENT) for t in TITLES]
 

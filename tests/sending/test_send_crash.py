@@ -199,6 +199,7 @@ def test_kill_9_at_random_points_five_times_leaves_only_the_batches_in_flight(
 
 
 @pytest.mark.slow
+@pytest.mark.soak
 def test_kill_9_at_random_points_fifty_times_leaves_only_the_batches_in_flight(
     tmp_path: Path, make_smtp_server
 ) -> None:  # type: ignore[no-untyped-def]
