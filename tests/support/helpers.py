@@ -10,11 +10,13 @@ import sys
 from pathlib import Path
 from subprocess import CompletedProcess, Popen
 
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from newsletter.config import Settings, load_settings
 from newsletter.db import open_database, write_session
+from newsletter.errors import FeedError
 from newsletter.models import Subscriber, SubscriberStatus
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -155,3 +157,12 @@ def one_error_line(result: CompletedProcess[str]) -> str:
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("Error: ")
     return lines[0]
+
+
+def assert_one_line_error(error: pytest.ExceptionInfo[FeedError], *needles: str) -> None:
+    """A feed error is one line, no traceback, naming each needle (shared by the feed tests)."""
+    message = str(error.value)
+    assert message.splitlines() == [message]
+    assert "Traceback" not in message
+    for needle in needles:
+        assert needle.lower() in message.lower(), (needle, message)
