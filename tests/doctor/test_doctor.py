@@ -3,18 +3,12 @@ aiosmtpd, and the command as a user runs it (a real subprocess)."""
 
 from __future__ import annotations
 
-import base64
 import os
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from newsletter.config import load_settings, parse_smtp_url
 from newsletter.doctor import Check, DoctorReport, Status, load_settings_leniently, run_doctor
@@ -27,93 +21,11 @@ from newsletter.doctor.dnsrecords import (
 )
 from newsletter.doctor.local import check_base_url, check_outbox
 from newsletter.doctor.smtp import check_smtp
-from tests.support.dnsserver import DNSServer, unavailable_reason
-from tests.support.helpers import BASE_ENV
+from tests.support.dnsserver import DNSServer
+from tests.support.helpers import dkim_record, silent_udp_port
 from tests.support.smtpserver import SMTPServer
 
-ROOT = Path(__file__).resolve().parents[2]
 MakeServer = Callable[..., SMTPServer]
-
-
-# ---- keys and the DNS server ------------------------------------------------------
-
-
-def _pem(key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """PEM files: our 2048-bit RSA key, another one, an Ed25519 key."""
-    folder = tmp_path_factory.mktemp("keys")
-    made = {
-        "ours": rsa.generate_private_key(public_exponent=65537, key_size=2048),
-        "other": rsa.generate_private_key(public_exponent=65537, key_size=2048),
-        "ed": ed25519.Ed25519PrivateKey.generate(),
-    }
-    paths = {}
-    for name, key in made.items():
-        paths[name] = folder / f"{name}.pem"
-        paths[name].write_bytes(_pem(key))
-    return paths
-
-
-def _record(path: Path) -> str:
-    """The DKIM TXT record of a PEM key, built here independently of the code under test."""
-    public = serialization.load_pem_private_key(path.read_bytes(), password=None).public_key()
-    if isinstance(public, ed25519.Ed25519PublicKey):
-        raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        return f"v=DKIM1; k=ed25519; p={base64.b64encode(raw).decode()}"
-    der = public.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return f"v=DKIM1; k=rsa; p={base64.b64encode(der).decode()}"
-
-
-def _pkcs1_record(path: Path) -> str:
-    """The same RSA key as a PKCS#1 RSAPublicKey p= (some DNS hosts publish that form)."""
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    der = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.PKCS1
-    )
-    return f"v=DKIM1; k=rsa; p={base64.b64encode(der).decode()}"
-
-
-@pytest.fixture(scope="module")
-def dns_server(keys: dict[str, Path]) -> Iterator[DNSServer]:
-    """One dnsmasq for the module, serving good, missing and broken configurations."""
-    reason = unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    ours, other, ed = (_record(keys[n]) for n in ("ours", "other", "ed"))
-    records: dict[str, str | list[str]] = {
-        # good: everything right
-        "good.test": ["v=spf1 ip4:192.0.2.10 include:_spf.provider.test ~all", "site-verify=1"],
-        "_spf.provider.test": "v=spf1 ip4:198.51.100.0/24 -all",
-        "news._domainkey.good.test": ours,
-        "pkcs1._domainkey.good.test": _pkcs1_record(keys["ours"]),
-        "ed._domainkey.good.test": ed,
-        "trial._domainkey.good.test": ours + "; t=y",
-        "_dmarc.good.test": "v=DMARC1; p=quarantine; rua=mailto:dmarc@good.test",
-        # bare: the domain exists, no SPF, DKIM or DMARC
-        "bare.test": "site-verify=2",
-        # broken: two SPF records, the wrong DKIM key, a DMARC record without policy
-        "broken.test": ["v=spf1 -all", "v=spf1 include:other.test -all"],
-        "news._domainkey.broken.test": other,
-        "cut._domainkey.broken.test": ours[:200],
-        "gone._domainkey.broken.test": "v=DKIM1; k=rsa; p=",
-        "_dmarc.broken.test": "v=DMARC1; rua=mailto:d@broken.test",
-        # lax: SPF +all, no all, DMARC p=none without reports
-        "lax.test": "v=spf1 +all",
-        "noall.test": "v=spf1 ip4:192.0.2.10",
-        "_dmarc.lax.test": "v=DMARC1; p=none",
-    }
-    with DNSServer(records) as server:
-        yield server
 
 
 @pytest.fixture
@@ -158,7 +70,7 @@ def test_dkim_public_key_compared_with_the_private_key(
         wrong = dkim(lookup, domain, selector, keys["ours"])
         assert wrong.status is Status.FAIL, wrong
         assert "does not match NEWSLETTER_DKIM_PRIVATE_KEY" in wrong.summary
-        assert wrong.hint and _record(keys["ours"]) in wrong.hint  # what to publish instead
+        assert wrong.hint and dkim_record(keys["ours"]) in wrong.hint  # what to publish instead
     assert dkim(lookup, "good.test", "news", keys["other"]).status is Status.FAIL
 
 
@@ -168,7 +80,7 @@ def test_dkim_problems_in_plain_words(
     missing = dkim(lookup, "bare.test", "news", keys["ours"])
     assert missing.status is Status.FAIL
     assert missing.summary.startswith("No DKIM record at news._domainkey.bare.test")
-    assert missing.hint == f"publish TXT news._domainkey.bare.test: {_record(keys['ours'])}"
+    assert missing.hint == f"publish TXT news._domainkey.bare.test: {dkim_record(keys['ours'])}"
     cut = dkim(lookup, "broken.test", "cut", keys["ours"])
     assert cut.status is Status.FAIL and "holds no valid public key" in cut.summary
     revoked = dkim(lookup, "broken.test", "gone", keys["ours"])
@@ -221,15 +133,8 @@ def test_dmarc_problems_in_plain_words(lookup: TxtLookup) -> None:
     )
 
 
-def _silent_udp_port() -> socket.socket:
-    """A bound UDP socket that never answers: a DNS server that has gone away."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    return sock
-
-
 def test_dns_that_does_not_answer_fails_fast_and_clearly() -> None:
-    with _silent_udp_port() as sock:
+    with silent_udp_port() as sock:
         resolver = make_resolver(f"127.0.0.1:{sock.getsockname()[1]}")
         resolver.lifetime = 1.0
         lookup = TxtLookup(resolver)
@@ -311,7 +216,7 @@ def test_malformed_and_missing_settings_are_reported_not_raised(tmp_path: Path) 
     }
     settings, errors = load_settings_leniently(env, tmp_path / "no.env")
     assert set(errors) == {"NEWSLETTER_SMTP_URL", "NEWSLETTER_SMTP_TIMEOUT"}
-    with _silent_udp_port() as sock:
+    with silent_udp_port() as sock:
         resolver = make_resolver(f"127.0.0.1:{sock.getsockname()[1]}")
         resolver.lifetime = 0.5
         report = run_doctor(settings, config_errors=errors, resolver=resolver)
@@ -342,110 +247,6 @@ def test_base_url_and_outbox(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     assert check_outbox(tmp_path / "file").status is Status.FAIL
     assert check_outbox(tmp_path / "file" / "outbox").status is Status.FAIL
-
-
-# ---- the command, as a user runs it -----------------------------------------------
-
-
-def run(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
-    environ.update(env)
-    environ["PYTHONPATH"] = str(ROOT)
-    return subprocess.run(
-        [sys.executable, "-m", "newsletter", "doctor", *args],
-        cwd=cwd,
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
-def _lines(result: subprocess.CompletedProcess[str]) -> dict[str, str]:
-    """{check name: its line}; every line but the last is one check."""
-    assert "Traceback" not in result.stdout + result.stderr
-    lines = result.stdout.strip().splitlines()
-    assert lines[-1].startswith("doctor: ") and "nothing was sent" in lines[-1]
-    checks = {}
-    for line in lines[:-1]:
-        status, name, _ = line.split(maxsplit=2)
-        assert status in ("OK", "WARN", "FAIL"), line
-        checks[name] = line
-    assert len(checks) == len(lines) - 1
-    return checks
-
-
-def _env(dns_server: DNSServer, **extra: str) -> dict[str, str]:
-    return {
-        **BASE_ENV,
-        "NEWSLETTER_FEED_URL": "https://good.test/feed/",
-        "NEWSLETTER_FROM": "News <news@good.test>",
-        "NEWSLETTER_DNS_SERVER": dns_server.address,
-        **extra,
-    }
-
-
-def test_cli_all_good_exits_0(
-    tmp_path: Path, dns_server: DNSServer, keys: dict[str, Path], make_smtp_server: MakeServer
-) -> None:
-    server = make_smtp_server(tls="starttls", auth=("news", "s3cret"))
-    env = _env(
-        dns_server,
-        NEWSLETTER_SMTP_URL=server.url,
-        NEWSLETTER_DKIM_SELECTOR="news",
-        NEWSLETTER_DKIM_PRIVATE_KEY=str(keys["ours"]),
-        SSL_CERT_FILE=str(server.ca_file),
-    )
-    result = run(tmp_path, **env)
-    assert result.returncode == 0, result.stdout + result.stderr
-    checks = _lines(result)
-    assert list(checks) == ["settings", "base-url", "smtp", "spf", "dkim", "dmarc"]
-    assert all(line.startswith("OK ") for line in checks.values()), result.stdout
-    assert "logged in as news" in checks["smtp"]
-    assert server.messages == []
-
-
-def test_cli_missing_records_and_smtp_down_exit_1(
-    tmp_path: Path, dns_server: DNSServer, make_smtp_server: MakeServer
-) -> None:
-    down = make_smtp_server()
-    url = down.url
-    down.stop()
-    env = _env(dns_server, NEWSLETTER_FROM="news@bare.test", NEWSLETTER_SMTP_URL=url)
-    env.pop("NEWSLETTER_DNS_SERVER")
-    result = run(tmp_path, "--dns-server", dns_server.address, **env)
-    assert result.returncode == 1
-    checks = _lines(result)
-    assert checks["smtp"].startswith("FAIL") and "connection refused" in checks["smtp"]
-    assert checks["spf"].startswith("FAIL  spf       No SPF record at bare.test")
-    assert "No DMARC record at _dmarc.bare.test: Gmail and Yahoo require one" in checks["dmarc"]
-    assert "Hint: publish e.g. v=DMARC1; p=none;" in checks["dmarc"]
-    assert checks["dkim"].startswith("WARN")
-
-
-def test_cli_outbox_without_smtp_and_no_dns_answer(tmp_path: Path) -> None:
-    with _silent_udp_port() as sock:
-        env = {**BASE_ENV, "NEWSLETTER_FEED_URL": "feed.xml", "NEWSLETTER_OUTBOX": "outbox"}
-        started = time.monotonic()
-        result = run(tmp_path, f"--dns-server=127.0.0.1:{sock.getsockname()[1]}", **env)
-        assert time.monotonic() - started < 20
-    assert result.returncode == 1
-    checks = _lines(result)
-    assert checks["outbox"].startswith("WARN") and "(will be created)" in checks["outbox"]
-    assert "DNS lookup failed" in checks["spf"] and "DNS lookup failed" in checks["dmarc"]
-
-
-def test_cli_bad_dns_server_is_a_usage_error(tmp_path: Path) -> None:
-    result = run(tmp_path, "--dns-server", "nowhere:port")
-    assert result.returncode == 2 and "HOST:PORT" in result.stderr
-    assert "--dns-server" not in run(tmp_path, "--help").stdout  # an advanced, hidden option
-
-
-def test_cli_malformed_setting_is_a_fail_line(tmp_path: Path) -> None:
-    result = run(tmp_path, "--dns-server=127.0.0.1:9", NEWSLETTER_SMTP_TIMEOUT="soon")
-    assert result.returncode == 1
-    assert "malformed NEWSLETTER_SMTP_TIMEOUT" in _lines(result)["settings"]
 
 
 def test_report_ok_ignores_warnings() -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +14,8 @@ from subprocess import CompletedProcess, Popen
 
 import pytest
 import sqlalchemy as sa
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from sqlalchemy.engine import Engine
 
 from newsletter.config import Settings, load_settings
@@ -166,3 +170,22 @@ def assert_one_line_error(error: pytest.ExceptionInfo[FeedError], *needles: str)
     assert "Traceback" not in message
     for needle in needles:
         assert needle.lower() in message.lower(), (needle, message)
+
+
+def silent_udp_port() -> socket.socket:
+    """A bound UDP socket that never answers: a DNS server that has gone away."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def dkim_record(path: Path) -> str:
+    """The DKIM TXT record of a PEM key, built here independently of the code under test."""
+    public = serialization.load_pem_private_key(path.read_bytes(), password=None).public_key()
+    if isinstance(public, ed25519.Ed25519PublicKey):
+        raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return f"v=DKIM1; k=ed25519; p={base64.b64encode(raw).decode()}"
+    der = public.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return f"v=DKIM1; k=rsa; p={base64.b64encode(der).decode()}"
