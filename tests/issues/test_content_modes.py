@@ -8,9 +8,7 @@ compared with golden files. Regenerate them after an intended change with:
 
     UPDATE_GOLDEN=1 python -m pytest tests/issues/test_content_modes.py
 
-The Gmail clipping guard is checked in every mode: older stories wait for the
-next issue, and a story that alone passes the limit is cut at a paragraph
-boundary with "Continue reading on the site".
+The Gmail clipping guard in every mode is in test_content_modes_clipping.py.
 """
 
 from __future__ import annotations
@@ -19,36 +17,22 @@ import itertools
 import os
 import re
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
-from html.parser import HTMLParser
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from newsletter.config import Settings, known_names, load_settings
+from newsletter.config import Settings, known_names
 from newsletter.errors import ConfigError
-from newsletter.issues.create import MAX_HTML_BYTES, create_issue, render_within_size
 from newsletter.issues.feed import Feed, FeedStory, parse_feed
 from newsletter.issues.layout import COLUMN_WIDTH, demote_headings, fit_to_column
 from newsletter.issues.render import UNSUBSCRIBE_URL, RenderedIssue, render_issue, split_placeholder
-from tests.support.helpers import add_subscribers, database, settings_for
+from tests.support.helpers import content_mode_settings
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 GOLDEN = DATA / "golden"
 FEED = DATA / "feeds" / "wordpress-full.xml"
 MODES = ("summary", "full", "title")
-
-
-def make_settings(tmp_path: Path, mode: str | None = None) -> Settings:
-    environ = {
-        "NEWSLETTER_FROM": "AASR <news@endseclusion.org>",
-        "NEWSLETTER_BASE_URL": "https://news.endseclusion.org",
-        "NEWSLETTER_POSTAL_ADDRESS": "AASR, PO Box 1234, Springfield, IL 62701, USA",
-        "NEWSLETTER_TEMPLATES_DIR": str(tmp_path / "no-custom-templates"),
-    }
-    if mode is not None:
-        environ["NEWSLETTER_STORY_CONTENT"] = mode
-    return load_settings(environ=environ, env_file=tmp_path / "missing.env")
 
 
 def wordpress_feed() -> Feed:
@@ -81,14 +65,14 @@ def story_cells(html: str) -> list[str]:
 
 
 def test_summary_is_the_default_and_the_name_is_known(tmp_path: Path) -> None:
-    assert make_settings(tmp_path).story_content == "summary"
+    assert content_mode_settings(tmp_path).story_content == "summary"
     assert "NEWSLETTER_STORY_CONTENT" in known_names()
-    assert make_settings(tmp_path, " Full ").story_content == "full"
+    assert content_mode_settings(tmp_path, " Full ").story_content == "full"
 
 
 def test_a_bad_mode_is_a_one_line_error_naming_the_allowed_values(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
-        make_settings(tmp_path, "excerpt")
+        content_mode_settings(tmp_path, "excerpt")
     message = str(info.value)
     assert "\n" not in message
     assert message == (
@@ -97,7 +81,7 @@ def test_a_bad_mode_is_a_one_line_error_naming_the_allowed_values(tmp_path: Path
 
 
 def test_a_run_overrides_the_mode_with_dataclasses_replace(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path)
+    settings = content_mode_settings(tmp_path)
     assert "Watch the video on YouTube" not in render(settings).html
     assert "Watch the video on YouTube" in render(replace(settings, story_content="full")).html
     with pytest.raises(ConfigError, match="NEWSLETTER_STORY_CONTENT"):
@@ -110,7 +94,7 @@ def test_a_run_overrides_the_mode_with_dataclasses_replace(tmp_path: Path) -> No
 @pytest.mark.parametrize("part", ["html", "text"])
 @pytest.mark.parametrize("mode", MODES)
 def test_golden(tmp_path: Path, mode: str, part: str) -> None:
-    issue = render(make_settings(tmp_path, mode))
+    issue = render(content_mode_settings(tmp_path, mode))
     actual = getattr(issue, part)
     path = GOLDEN / f"content-{mode}.{'html' if part == 'html' else 'txt'}"
     if os.environ.get("UPDATE_GOLDEN") == "1":
@@ -122,7 +106,7 @@ def test_golden(tmp_path: Path, mode: str, part: str) -> None:
 
 
 def test_summary_shows_the_feeds_excerpt_and_a_read_more_link(tmp_path: Path) -> None:
-    issue = render(make_settings(tmp_path, "summary"))
+    issue = render(content_mode_settings(tmp_path, "summary"))
     assert issue.html.count("Read the full story<span") == 3
     assert "Two hundred families answered our survey" in issue.html
     for absent in ("What we asked", "School year", "<pre", "Watch the video"):
@@ -134,7 +118,7 @@ def test_summary_shows_the_feeds_excerpt_and_a_read_more_link(tmp_path: Path) ->
 
 @pytest.fixture
 def full(tmp_path: Path) -> RenderedIssue:
-    return render(make_settings(tmp_path, "full"))
+    return render(content_mode_settings(tmp_path, "full"))
 
 
 def test_full_shows_the_whole_post(full: RenderedIssue) -> None:
@@ -267,7 +251,7 @@ def test_full_text_part_is_real_text(full: RenderedIssue) -> None:
 
 
 def test_title_shows_title_date_author_and_link_only(tmp_path: Path) -> None:
-    issue = render(make_settings(tmp_path, "title"))
+    issue = render(content_mode_settings(tmp_path, "title"))
     cells = story_cells(issue.html)
     assert len(cells) == 3
     for cell in cells:
@@ -302,120 +286,6 @@ def test_image_widths_are_capped_and_heights_left_to_the_client() -> None:
     assert fit_to_column('<img src="a" alt="" height="900">') == '<img src="a" alt="">'
 
 
-# -- the Gmail clipping guard ---------------------------------------------------------------
-
-
-def paragraph(n: int) -> str:
-    return (
-        f"<p>Paragraph {n} begins. "
-        + "Restraint and seclusion harm children. " * 12
-        + (f"Paragraph {n} ends.</p>")
-    )
-
-
-def huge_story(title: str = "A very long report", paragraphs: int = 400, day: int = 1) -> FeedStory:
-    return FeedStory(
-        uid=f"guid:{title}",
-        title=title,
-        link=f"https://endseclusion.org/2025/{day:02d}/long-report/",
-        guid=title,
-        author="AASR Staff",
-        summary_html="<p>A summary.</p>",
-        content_html="<h2>Findings</h2>" + "".join(paragraph(n) for n in range(paragraphs)),
-        image_url=None,
-        image_alt=None,
-        published_at=datetime(2025, 3, day, tzinfo=UTC),
-    )
-
-
-class _Balance(HTMLParser):
-    """Counts open <p> elements: a cut inside a paragraph would leave one open."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.open = 0
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.open += tag == "p"
-
-    def handle_endtag(self, tag: str) -> None:
-        self.open -= tag == "p"
-
-
-def test_a_story_too_long_alone_is_cut_at_a_paragraph_boundary(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, "full")
-    story = huge_story()
-    rendered, chosen = render_within_size(
-        [story], settings, issue_id=1, feed_title="AASR", feed_link="https://endseclusion.org"
-    )
-    assert chosen == [story]
-    assert rendered.truncated_story_titles == ("A very long report",)
-    assert len(rendered.html.encode("utf-8")) <= MAX_HTML_BYTES
-    kept = [int(n) for n in re.findall(r"Paragraph (\d+) ends\.</p>", rendered.html)]
-    begun = [int(n) for n in re.findall(r"Paragraph (\d+) begins\.", rendered.html)]
-    assert kept == begun == list(range(len(kept)))  # whole paragraphs, from the first
-    assert 50 < len(kept) < 400
-    assert f"Paragraph {len(kept)} begins" not in rendered.text
-    # as late as fits: one more paragraph would pass the limit
-    longer = render_issue(
-        [story],
-        settings,
-        issue_id=1,
-        feed_title="AASR",
-        feed_link="https://endseclusion.org",
-        max_blocks=len(kept) + 2,  # the <h2> is the first block
-    )
-    assert len(longer.html.encode("utf-8")) > MAX_HTML_BYTES
-    balance = _Balance()
-    balance.feed(split_placeholder(rendered.html)[1])
-    assert balance.open == 0
-    link = "https://endseclusion.org/2025/01/long-report/"
-    assert re.search(rf'<a href="{link}"[^>]*>Continue reading on the site<span', rendered.html)
-    assert f"Continue reading on the site: {link}" in rendered.text
-    assert "Read on the site" not in rendered.html
-    assert rendered.placeholder in rendered.html.split("Continue reading on the site")[1]
-
-
-@pytest.mark.parametrize("mode", MODES)
-def test_older_stories_wait_for_the_next_issue_in_every_mode(tmp_path: Path, mode: str) -> None:
-    settings = make_settings(tmp_path, mode)
-    if mode == "full":
-        stories = [huge_story(f"Report {day}", 60, day) for day in range(10, 0, -1)]
-    else:  # summaries and titles are small: it takes many more stories to pass the limit
-        stories = [
-            replace(huge_story(f"Report {n} " + "with a long headline " * 12, 1, 1), uid=f"u{n}")
-            for n in range(400 if mode == "title" else 120)
-        ]
-    rendered, chosen = render_within_size(
-        stories, settings, issue_id=1, feed_title="AASR", feed_link="https://endseclusion.org"
-    )
-    assert 1 < len(chosen) < len(stories)
-    assert chosen == stories[: len(chosen)]  # the newest kept, the oldest wait
-    assert len(rendered.html.encode("utf-8")) <= MAX_HTML_BYTES
-    assert rendered.truncated_story_titles == ()
-    one_more = render_issue(
-        stories[: len(chosen) + 1],
-        settings,
-        issue_id=1,
-        feed_title="AASR",
-        feed_link="https://endseclusion.org",
-    )
-    assert len(one_more.html.encode("utf-8")) > MAX_HTML_BYTES
-
-
-def test_create_issue_records_the_cut_story_and_says_so(tmp_path: Path) -> None:
-    settings = settings_for(tmp_path, NEWSLETTER_STORY_CONTENT="full")
-    engine = database(settings)
-    add_subscribers(engine, ["parent@example.org"])
-    feed = Feed(title="AASR", link="https://endseclusion.org", stories=[huge_story()])
-    created = create_issue(engine, settings, feed)
-    assert created.issue is not None
-    assert created.truncated_story_titles == ("A very long report",)
-    assert created.held_back == 0
-    assert "Continue reading on the site" in created.issue.html
-    assert len(created.issue.html.encode("utf-8")) <= MAX_HTML_BYTES
-
-
 @dataclass(frozen=True)
 class PlainStory:
     """A story as the web archive and older callers pass it (no FeedStory fields)."""
@@ -442,7 +312,11 @@ def test_full_with_a_story_image_not_in_the_post_still_shows_it(tmp_path: Path) 
         published_at=None,
     )
     issue = render_issue(
-        [story], make_settings(tmp_path, "full"), issue_id=None, feed_title="", feed_link=None
+        [story],
+        content_mode_settings(tmp_path, "full"),
+        issue_id=None,
+        feed_title="",
+        feed_link=None,
     )
     assert re.search(r'<img class="story-image" src="https://endseclusion.org/featured.jpg"',
                      issue.html)  # fmt: skip
@@ -460,7 +334,11 @@ def test_full_knows_a_featured_image_in_another_wordpress_size(tmp_path: Path) -
         published_at=None,
     )
     issue = render_issue(
-        [story], make_settings(tmp_path, "full"), issue_id=None, feed_title="", feed_link=None
+        [story],
+        content_mode_settings(tmp_path, "full"),
+        issue_id=None,
+        feed_title="",
+        feed_link=None,
     )
     assert 'class="story-image"' not in issue.html
     assert issue.html.count("<img") == 1

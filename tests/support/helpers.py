@@ -189,3 +189,16 @@ def dkim_record(path: Path) -> str:
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     return f"v=DKIM1; k=rsa; p={base64.b64encode(der).decode()}"
+
+
+def content_mode_settings(tmp_path: Path, mode: str | None = None) -> Settings:
+    """Settings for the content-mode tests: no custom templates, NEWSLETTER_STORY_CONTENT=mode."""
+    environ = {
+        "NEWSLETTER_FROM": "AASR <news@endseclusion.org>",
+        "NEWSLETTER_BASE_URL": "https://news.endseclusion.org",
+        "NEWSLETTER_POSTAL_ADDRESS": "AASR, PO Box 1234, Springfield, IL 62701, USA",
+        "NEWSLETTER_TEMPLATES_DIR": str(tmp_path / "no-custom-templates"),
+    }
+    if mode is not None:
+        environ["NEWSLETTER_STORY_CONTENT"] = mode
+    return load_settings(environ=environ, env_file=tmp_path / "missing.env")
