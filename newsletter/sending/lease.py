@@ -39,14 +39,27 @@ def pid_space() -> str | None:
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists here (one we may not signal counts)."""
+    """Whether a process with this pid runs here (one we may not signal counts).
+
+    A zombie does not: a killed `newsletter send` whose parent has not yet
+    collected its exit status still answers signal 0, but it will never beat again.
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """State Z in /proc (Linux); False where /proc cannot tell."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[:1] == ["Z"]
 
 
 def is_dead(
