@@ -28,7 +28,6 @@ import argparse
 import csv
 import os
 import random
-import secrets
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlalchemy as sa
+from throwaway import PostgresDatabases
 
 ROOT = Path(__file__).resolve().parents[1]
 AIM = 1 / 3
@@ -158,40 +158,18 @@ def timed(args: list[str], env: dict[str, str] | None = None, cwd: Path | None =
     return Run(seconds, usage.ru_maxrss / 1024)
 
 
-def migrated(url: str) -> None:
+def migrated(url: str) -> str:
+    """The database at `url`, migrated to the current schema; returns `url`."""
     from newsletter.db import open_database
 
     open_database(url).dispose()
+    return url
 
 
 def import_run(csv_path: Path, url: str, tmp: Path) -> Run:
     env = dict(os.environ, NEWSLETTER_DATABASE_URL=url)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return timed([sys.executable, "-m", "newsletter", "import", str(csv_path)], env=env, cwd=tmp)
-
-
-class PostgresDatabases:
-    """A throw-away database per run on the server of `url` (the role needs CREATEDB)."""
-
-    def __init__(self, url: str) -> None:
-        self.url = sa.make_url(url)
-        self.admin = sa.create_engine(self.url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
-        self.names: list[str] = []
-
-    def create(self) -> str:
-        name = f"nlbench_{secrets.token_hex(4)}"
-        with self.admin.connect() as conn:
-            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-        self.names.append(name)
-        url = self.url.set(database=name).render_as_string(hide_password=False)
-        migrated(url)
-        return url
-
-    def drop_all(self) -> None:
-        with self.admin.connect() as conn:
-            for name in self.names:
-                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        self.names.clear()
 
 
 def line(engine: str, size: int, ours: Run, bare: Run, bare_name: str) -> str:
@@ -226,7 +204,7 @@ def bench_postgres(
 ) -> str:
     bares, ours = [], []
     for _ in range(repeat):
-        bare_url, ours_url = server.create(), server.create()
+        bare_url, ours_url = migrated(server.create()), migrated(server.create())
         dsn = sa.make_url(bare_url).set(drivername="postgresql")
         bare_dsn = dsn.render_as_string(hide_password=False)
         bares.append(timed([sys.executable, "-c", BARE_COPY, str(csv_path), bare_dsn]))

@@ -32,32 +32,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from sink import SINK, start_sink  # noqa: E402
+from throwaway import PostgresDatabases  # noqa: E402
 
 from newsletter.db import open_database  # noqa: E402
 from newsletter.models import Subscriber  # noqa: E402
 
 FEED = ROOT / "examples" / "aasr-feed.xml"
-
-
-class Databases:
-    """A fresh database per run on the server of `url`."""
-
-    def __init__(self, url: str) -> None:
-        self.url = sa.make_url(url)
-        self.admin = sa.create_engine(self.url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
-        self.names: list[str] = []
-
-    def create(self) -> str:
-        name = f"nlbench_{secrets.token_hex(4)}"
-        with self.admin.connect() as conn:
-            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-        self.names.append(name)
-        return self.url.set(database=name).render_as_string(hide_password=False)
-
-    def drop_all(self) -> None:
-        with self.admin.connect() as conn:
-            for name in self.names:
-                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def add_subscribers(url: str, count: int) -> None:
@@ -135,7 +115,7 @@ def main() -> None:
     if not Path(SINK).exists():
         raise SystemExit("smtp-sink not found (Debian package postfix)")
     counts = [int(n) for n in args.workers.split(",")]
-    databases = Databases(url)
+    databases = PostgresDatabases(url)
     sink, port = start_sink()
     rows = []
     try:

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from sink import SINK, start_sink
+from throwaway import PostgresDatabases
 
 ROOT = Path(__file__).resolve().parent.parent
 FEED = ROOT / "examples" / "aasr-feed.xml"
@@ -224,30 +225,6 @@ def smtp_source(port: int, size: int, count: int, sessions: int = 8) -> float | 
         capture_output=True,
     )
     return count / (time.perf_counter() - start)
-
-
-class PostgresDatabases:
-    """A throw-away database per run on the server of `url` (the role needs CREATEDB)."""
-
-    def __init__(self, url: str) -> None:
-        import sqlalchemy as sa
-
-        self.url = sa.make_url(url)
-        self.admin = sa.create_engine(self.url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
-        self.names: list[str] = []
-
-    def create(self) -> str:
-        name = f"nlbench_{secrets.token_hex(4)}"
-        with self.admin.connect() as conn:
-            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-        self.names.append(name)
-        return self.url.set(database=name).render_as_string(hide_password=False)
-
-    def drop_all(self) -> None:
-        with self.admin.connect() as conn:
-            for name in self.names:
-                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        self.admin.dispose()
 
 
 def main() -> None:
