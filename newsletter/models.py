@@ -276,7 +276,7 @@ class BounceEvent(SQLModel, table=True):
     delivery_id: int | None = Field(default=None, foreign_key="delivery.id", index=True)
     subscriber_id: int | None = Field(default=None, foreign_key="subscriber.id", index=True)
     issue_id: int | None = Field(default=None, foreign_key="issue.id", index=True)
-    # verp | message-id | forged | mismatch | none (bounces.record.MatchedBy); NULL: older
+    # verp | message-id | forged | mismatch | none (bounces.match.MatchedBy); NULL: older
     matched_by: str | None = Field(default=None, max_length=16)
     source: str | None = Field(default=None, max_length=500)
     received_at: datetime | None = _when()

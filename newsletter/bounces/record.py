@@ -1,4 +1,4 @@
-"""Bounces and complaints that arrive later: match each report to its delivery, apply the policy.
+"""Bounces and complaints that arrive later: record each report, apply the policy.
 
 Policy (as Mailman and Keila do it):
 - hard bounce (5.1.x, 5.2.1): the subscriber becomes `bounced` at once;
@@ -10,19 +10,11 @@ Policy (as Mailman and Keila do it):
   is told;
 - auto-replies and delay warnings: recorded and ignored.
 
-Matching: anyone can mail the bounce mailbox, so a report changes a subscriber
-only when it proves it is about a message we sent to them, and then only that
-one delivery:
-- the signed VERP token of the envelope recipient (or of the original's
-  Return-Path), HMAC-checked, names a delivery; a recipient the report names
-  must be that delivery's address;
-- else the original's Message-ID (Delivery.message_id), and the report must
-  name the address that Message-ID was sent to.
-The address a report names is never enough by itself. A token that fails
-verification marks the report forged: it matches nobody, whatever else it
-claims. Findings about any other address (a forged DSN may list hundreds) are
-recorded as unmatched. Unmatched reports suppress nobody; `bounces import` and
-`status` count them for the admin.
+Which delivery a report is about is decided in match (VERP token or
+Message-ID, never the address alone); this module stores one BounceEvent per
+finding with that verdict and applies the policy only to the matched
+subscriber. Unmatched reports suppress nobody; `bounces import` and `status`
+count them for the admin.
 
 Messages larger than MAX_MESSAGE_BYTES are skipped unread (bounces are small):
 the mailbox readers never hold more than that much of one message.
@@ -44,14 +36,12 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from newsletter.bounces.dsn import Finding, ParsedReport, UnreadableReport, parse_report
+from newsletter.bounces.match import Match, MatchedBy, match_finding, match_report
 from newsletter.config import Settings
 from newsletter.db import read_session, write_session
-from newsletter.mail.addresses import AddressError, normalise_address
-from newsletter.mail.verp import decode_token, find_token
 from newsletter.models import (
     BounceEvent,
     BounceKind,
-    Delivery,
     Subscriber,
     SubscriberStatus,
     table_of,
@@ -65,18 +55,6 @@ MAX_MESSAGE_BYTES = 10 * 1024 * 1024  # a report is a few KB; a 40 MB one is no 
 MAX_NOTES = 20  # per kind of note in the printed report
 _MAILABLE = frozenset({SubscriberStatus.ACTIVE, SubscriberStatus.PENDING})
 _K = TypeVar("_K")
-
-
-class MatchedBy:
-    """How a report was tied to a delivery (BounceEvent.matched_by)."""
-
-    VERP = "verp"  # a valid VERP token
-    MESSAGE_ID = "message-id"  # the original's Message-ID, sent to the address named
-    FORGED = "forged"  # a VERP token that failed verification
-    MISMATCH = "mismatch"  # a valid token or Message-ID, but about another address
-    NONE = "none"  # no token, no Message-ID of ours
-
-    UNMATCHED = (FORGED, MISMATCH, NONE)
 
 
 @dataclass(frozen=True)
@@ -165,68 +143,6 @@ def _capped(notes: list[str]) -> list[str]:
     return lines
 
 
-@dataclass
-class _Match:
-    delivery: Delivery | None = None
-    subscriber: Subscriber | None = None
-    how: str = MatchedBy.NONE
-
-
-def _tokens(settings: Settings, addresses: Iterable[str]) -> list[str]:
-    return [t for a in addresses if (t := find_token(settings, a)) is not None]
-
-
-def _key(address: str | None) -> str | None:
-    """The identity key of an address as a report spells it (None for nothing usable)."""
-    if not address:
-        return None
-    try:
-        return normalise_address(address).key
-    except AddressError:
-        return address.strip().strip("<>").casefold() or None
-
-
-def _named(report: ParsedReport) -> set[str]:
-    """Every address the report names as the one that failed."""
-    spelled = [*report.named]
-    for finding in report.findings:
-        spelled += [finding.recipient or "", finding.original_recipient or ""]
-    return {key for a in spelled if (key := _key(a))}
-
-
-def _speaks_for(finding: Finding, key: str) -> bool:
-    """A finding applies to the delivery's address: it names it, or names nobody."""
-    if finding.recipient is None and finding.original_recipient is None:
-        return True
-    return key in {_key(finding.recipient), _key(finding.original_recipient)}
-
-
-def _match(session: Session, settings: Settings, report: ParsedReport) -> _Match:
-    """The one delivery a report proves it is about (see the module doc)."""
-    tokens = _tokens(settings, [*report.envelope_addresses, *report.original_addresses])
-    any_valid = False
-    for token in tokens:
-        delivery_id = decode_token(settings, token)
-        any_valid = any_valid or delivery_id is not None
-        delivery = session.get(Delivery, delivery_id) if delivery_id is not None else None
-        if delivery is not None:
-            sub = session.get(Subscriber, delivery.subscriber_id)
-            return _Match(delivery, sub, MatchedBy.VERP)
-    if tokens and not any_valid:
-        return _Match(how=MatchedBy.FORGED)
-    named = _named(report)
-    how = MatchedBy.NONE
-    for message_id in report.message_ids:
-        found = session.exec(select(Delivery).where(Delivery.message_id == message_id)).first()
-        if found is None:
-            continue
-        sub = session.get(Subscriber, found.subscriber_id)
-        if sub is not None and sub.email_key in named:
-            return _Match(found, sub, MatchedBy.MESSAGE_ID)
-        how = MatchedBy.MISMATCH  # our Message-ID, but the report is about someone else
-    return _Match(how=how)
-
-
 def _soft_limit_reached(session: Session, subscriber_id: int) -> bool:
     """3 soft bounces of distinct deliveries within any 30-day window."""
     rows = session.exec(
@@ -288,15 +204,12 @@ def _record(
         out.already_seen += 1
         return
     out.processed += 1
-    match = _match(session, settings, report)
+    match = match_report(session, settings, report)
     received = report.received_at if report.received_at and report.received_at <= now else now
     for index, finding in enumerate(report.findings):
-        sub = match.subscriber
-        applies = sub is not None and _speaks_for(finding, sub.email_key)
-        how = match.how if applies or sub is None else MatchedBy.MISMATCH
-        if not applies:
-            sub = None
-        event = _event(report, finding, index, match if applies else _Match(how=how), sub)
+        found = match_finding(match, finding)
+        sub, how = found.subscriber, found.how
+        event = _event(report, finding, index, found)
         event.source, event.received_at = source[:500], received
         session.add(event)
         session.flush()  # the soft-bounce count below sees this event
@@ -329,10 +242,8 @@ def _unmatched_note(finding: Finding, how: str, source: str) -> str:
     return f"{source}: {what} {who} ({_WHY[how]})"[:300]
 
 
-def _event(
-    report: ParsedReport, finding: Finding, index: int, match: _Match, sub: Subscriber | None
-) -> BounceEvent:
-    delivery = match.delivery
+def _event(report: ParsedReport, finding: Finding, index: int, match: Match) -> BounceEvent:
+    delivery, sub = match.delivery, match.subscriber
     return BounceEvent(
         report_id=report.report_id if index == 0 else f"{report.report_id}#{index}",
         kind=finding.kind,
