@@ -222,14 +222,14 @@ def send(
         import dataclasses
 
         app.settings = dataclasses.replace(app.settings, story_content=content.lower())
-    from newsletter.sending import phases
+    from newsletter import phases
     from newsletter.sending.run import SendOptions, check_settings, run_send
 
     if verbose:
         phases.enable()
         age = phases.process_age()
         if age is not None:
-            phases.add("start-up (interpreter, imports)", age)
+            phases.add(phases.START_UP, age)
 
     if to is not None:
         from newsletter.mail.addresses import normalise_address
@@ -249,7 +249,7 @@ def send(
     )
     check_settings(app.settings, options)  # all missing settings first, then the database
     trial = dry_run or preview is not None or to is not None  # records nothing
-    with phases.phase("migrations check (open the database)"):
+    with phases.phase(phases.OPEN_DATABASE):
         engine = app.trial_engine() if trial else app.engine
     result = run_send(engine, app.settings, options, progress=_progress_bar)
     _print_result(app, result, options)

@@ -40,6 +40,7 @@ from newsletter.models import (
     table_of,
     utcnow,
 )
+from newsletter.phases import DELIVERY_ROWS, phase
 
 _OLDEST = datetime.min.replace(tzinfo=UTC)
 S = TypeVar("S", bound=StoryLike)  # Story rows in a send, FeedStory values in a preview
@@ -307,18 +308,19 @@ def create_issue(
         session.add(issue)
         session.flush()
         now = utcnow()
-        session.execute(
-            sa.insert(Delivery).from_select(
-                ["issue_id", "subscriber_id", "status", "attempts", "updated_at"],
-                sa.select(
-                    sa.literal(issue.id),
-                    col(Subscriber.id),
-                    sa.literal(DeliveryStatus.PENDING),
-                    sa.literal(0),
-                    sa.literal(now, type_=table_of(Delivery).c.updated_at.type),
-                ).where(col(Subscriber.status) == SubscriberStatus.ACTIVE),
+        with phase(DELIVERY_ROWS):
+            session.execute(
+                sa.insert(Delivery).from_select(
+                    ["issue_id", "subscriber_id", "status", "attempts", "updated_at"],
+                    sa.select(
+                        sa.literal(issue.id),
+                        col(Subscriber.id),
+                        sa.literal(DeliveryStatus.PENDING),
+                        sa.literal(0),
+                        sa.literal(now, type_=table_of(Delivery).c.updated_at.type),
+                    ).where(col(Subscriber.status) == SubscriberStatus.ACTIVE),
+                )
             )
-        )
         return Created(
             issue,
             chosen,

@@ -51,6 +51,7 @@ from newsletter.errors import TemplateError
 from newsletter.issues.htmltext import cap_line_length, excerpt_html, html_to_text, top_blocks
 from newsletter.issues.layout import fit_to_column
 from newsletter.issues.templating import render_template
+from newsletter.phases import CSS_INLINING, phase
 
 #: The fixed placeholder of issues frozen before per-issue placeholders (still sent so).
 UNSUBSCRIBE_URL = "%%UNSUBSCRIBE_URL%%"
@@ -244,22 +245,23 @@ def story_blocks(story: StoryLike, mode: str) -> int:
 
 def inline_css(html: str) -> str:
     """Inline the <style> rules once per issue; @media rules and !important stay in <style>."""
-    try:
-        inlined = Premailer(
-            html,
-            allow_network=False,  # never fetch a stylesheet named in a template
-            strip_important=False,  # keep mobile and dark-mode overrides winning
-            keep_style_tags=True,  # @media rules cannot be inlined
-            cssutils_logging_level=logging.CRITICAL,
-            remove_classes=False,
-            disable_validation=True,
-            base_url=None,
-            # keep width="600"/width="552" for Outlook; CSS width:100% must not overwrite them
-            disable_basic_attributes=["width", "height"],
-        ).transform()
-    except Exception as exc:  # premailer/lxml/cssutils raise many types on a broken template
-        message = " ".join(str(exc).split()) or type(exc).__name__
-        raise TemplateError(f"Template 'email.html': CSS inlining failed: {message}") from None
+    with phase(CSS_INLINING):
+        try:
+            inlined = Premailer(
+                html,
+                allow_network=False,  # never fetch a stylesheet named in a template
+                strip_important=False,  # keep mobile and dark-mode overrides winning
+                keep_style_tags=True,  # @media rules cannot be inlined
+                cssutils_logging_level=logging.CRITICAL,
+                remove_classes=False,
+                disable_validation=True,
+                base_url=None,
+                # keep width="600"/width="552" for Outlook; CSS width:100% must not overwrite them
+                disable_basic_attributes=["width", "height"],
+            ).transform()
+        except Exception as exc:  # premailer/lxml/cssutils raise many types on a broken template
+            message = " ".join(str(exc).split()) or type(exc).__name__
+            raise TemplateError(f"Template 'email.html': CSS inlining failed: {message}") from None
     return inlined.strip() + "\n"
 
 

@@ -1,6 +1,7 @@
 """Delivery: an Issue's Delivery rows, sent over SMTP, crash-safe and resumable.
 
-Read top to bottom: run (the whole `newsletter send`) -> deliver (one issue)
+Read top to bottom: run (the whole `newsletter send`) -> sequence (which issues,
+in what order; options: what the run was asked and what it did) -> deliver (one issue)
 -> queue (due deliveries, recover, finish, reopen) -> dispatch (one pass over
 SMTP connections) -> ledger (the per-message writes); beside them claims and
 registry (several senders on PostgreSQL), lease (one liveness rule), lock
