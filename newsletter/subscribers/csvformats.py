@@ -1,11 +1,14 @@
-"""Reading contact exports as they come: encodings, delimiters, headers, status columns.
+"""What a contacts export looks like: encodings, delimiters, headers, status words.
 
 Mailchimp, Ghost, Substack, listmonk, WordPress/Jetpack and Excel all name
 their columns differently, and several say in a column (or by the mere presence
 of one, like Mailchimp's UNSUB_TIME) that a contact must not be mailed. This
-module turns any of them into `Contact` values; it never touches the database.
-Unknown status values are rejected rather than guessed, so a contact who left
-elsewhere is never imported as active.
+module knows those formats: it opens a file (encoding, delimiter, header line),
+maps its columns (a new export format is a few header names or status words
+here) and guards cells against spreadsheet formulas. Turning the rows into
+contacts is csvrows'. It never touches the database. Unknown status values are
+rejected rather than guessed, so a contact who left elsewhere is never imported
+as active.
 """
 
 from __future__ import annotations
@@ -14,9 +17,8 @@ import codecs
 import csv
 import re
 import unicodedata
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from newsletter.errors import ImportFileError
@@ -82,8 +84,9 @@ STATUS_WORDS = {
     _S.PENDING: {"pending", "unconfirmed", "notconfirmed", "awaitingconfirmation"},
 }  # fmt: skip
 _WORD_STATUS = {word: status for status, words in STATUS_WORDS.items() for word in words}
-_FALSE = {"", "false", "no", "n", "0", "off", "none", "null"}
-_TRUE = {"true", "yes", "y", "1", "on", "subscribed", "x"}
+#: the values of a flag column (ACTIVE_FLAG_HEADERS) read as false and as true
+FLAG_FALSE = frozenset({"", "false", "no", "n", "0", "off", "none", "null"})
+FLAG_TRUE = frozenset({"true", "yes", "y", "1", "on", "subscribed", "x"})
 _RANK: dict[str, int] = {
     _S.ACTIVE: 0,
     _S.PENDING: 1,
@@ -91,6 +94,16 @@ _RANK: dict[str, int] = {
     _S.BOUNCED: 3,
     _S.COMPLAINED: 4,
 }
+
+
+def status_of(word: str) -> str | None:
+    """The status a status column's value means (as `header_key` spells it); None if unknown."""
+    return _WORD_STATUS.get(word)
+
+
+def worse(a: str, b: str) -> str:
+    """The more restrictive of two statuses: a contact who left anywhere stays left."""
+    return a if _RANK[a] >= _RANK[b] else b
 
 
 @dataclass(frozen=True)
@@ -140,143 +153,6 @@ def map_columns(header: list[str]) -> Columns | None:
         inactive_flags=tuple(i for i, k in enumerate(keys) if k in INACTIVE_FLAG_HEADERS),
         file_status=max(presence, key=_RANK.__getitem__) if presence else None,
     )
-
-
-def parse_when(text: str) -> datetime | None:
-    """A timestamp from an export as aware UTC (naive means UTC); None if unreadable."""
-    text = text.strip()
-    if not text:
-        return None
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        for fmt in ("%Y/%m/%d %H:%M:%S", "%Y/%m/%d", "%d %b %Y", "%b %d, %Y", "%B %d, %Y"):
-            try:
-                when = datetime.strptime(text, fmt)
-                break
-            except ValueError:
-                continue
-        else:
-            return None
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
-
-
-@dataclass
-class Contact:
-    """One row read from a file, before it meets the database."""
-
-    email: str  # the raw cell, not yet validated
-    name: str | None = None
-    status: str = _S.ACTIVE
-    opt_in_at: datetime | None = None
-    confirmed_at: datetime | None = None
-    unsubscribed_at: datetime | None = None
-    consent_ip: str | None = None
-    problem: str | None = field(default=None)  # a reason to reject the row
-
-
-def _cell(cells: list[str], index: int | None) -> str:
-    return cells[index].strip() if index is not None and index < len(cells) else ""
-
-
-def _worse(a: str, b: str) -> str:
-    return a if _RANK[a] >= _RANK[b] else b
-
-
-def read_contact(cells: list[str], cols: Columns, header: list[str]) -> Contact:
-    """Interpret one row; the most restrictive status found anywhere wins."""
-    name = restore_cell(_cell(cells, cols.name))
-    if not name:
-        name = " ".join(p for p in (_cell(cells, cols.first), _cell(cells, cols.last)) if p)
-    contact = Contact(
-        email=restore_cell(_cell(cells, cols.email)),
-        name=name or None,
-        opt_in_at=parse_when(_cell(cells, cols.opt_in)),
-        confirmed_at=parse_when(_cell(cells, cols.confirmed)),
-        consent_ip=_cell(cells, cols.ip)[:64] or None,
-    )
-    status = cols.file_status or _S.ACTIVE
-    for i in cols.statuses:
-        value = _cell(cells, i)
-        word = header_key(value)
-        if not word:
-            continue
-        found = _WORD_STATUS.get(word)
-        if found is None:
-            contact.problem = f"unknown {header[i].strip()!r} value {value[:40]!r}"
-            return contact
-        status = _worse(status, found)
-    for i in cols.active_flags:
-        value = _cell(cells, i).lower()
-        if value in _FALSE and value:
-            status = _worse(status, _S.UNSUBSCRIBED)
-        elif value and value not in _TRUE and parse_when(value) is None:
-            contact.problem = f"unclear {header[i].strip()!r} value {value[:40]!r}"
-            return contact
-    for i in cols.inactive_flags:
-        if _cell(cells, i).lower() not in _FALSE:
-            status = _worse(status, _S.UNSUBSCRIBED)
-    if status == _S.PENDING:
-        contact.problem = "pending: never confirmed in the source"
-    contact.status = status
-    if status in _S.SUPPRESSED:
-        contact.unsubscribed_at = parse_when(_cell(cells, cols.unsubscribed))
-    return contact
-
-
-#: read_contact's result as a tuple: (email, name, status, opt_in_at, confirmed_at,
-#: unsubscribed_at, consent_ip, problem); an import makes one per row, so no object.
-ContactRow = tuple[
-    str, str | None, str, datetime | None, datetime | None, datetime | None, str | None, str | None
-]
-
-
-def row_reader(cols: Columns, header: list[str]) -> Callable[[list[str]], ContactRow]:
-    """`read_contact` for one file, as a function of the cells returning a ContactRow.
-
-    A file without status or flag columns (most exports) gets a reader specialised
-    to its columns, about three times faster than the general one; any other file
-    gets `read_contact` itself. Both give the same values (a property test checks).
-    """
-    if cols.statuses or cols.active_flags or cols.inactive_flags:
-
-        def general(cells: list[str]) -> ContactRow:
-            c = read_contact(cells, cols, header)
-            return (
-                c.email, c.name, c.status, c.opt_in_at, c.confirmed_at, c.unsubscribed_at,
-                c.consent_ip, c.problem,
-            )  # fmt: skip
-
-        return general
-    status = cols.file_status or _S.ACTIVE
-    inactive = status in _S.SUPPRESSED
-    e, n, f, la = cols.email, cols.name, cols.first, cols.last
-    o, c, i, u = cols.opt_in, cols.confirmed, cols.ip, cols.unsubscribed
-
-    def fast(cells: list[str]) -> ContactRow:
-        size = len(cells)
-        email = cells[e].strip() if e < size else ""
-        if email[:1] == "'":
-            email = restore_cell(email)
-        name = cells[n].strip() if n is not None and n < size else ""
-        if name[:1] == "'":
-            name = restore_cell(name)
-        if not name and (f is not None or la is not None):
-            first = cells[f].strip() if f is not None and f < size else ""
-            last = cells[la].strip() if la is not None and la < size else ""
-            name = f"{first} {last}" if first and last else first or last
-        return (
-            email,
-            name or None,
-            status,
-            parse_when(cells[o]) if o is not None and o < size else None,
-            parse_when(cells[c]) if c is not None and c < size else None,
-            parse_when(cells[u]) if inactive and u is not None and u < size else None,
-            cells[i].strip()[:64] or None if i is not None and i < size else None,
-            None,
-        )
-
-    return fast
 
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")

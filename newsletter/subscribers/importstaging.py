@@ -17,7 +17,8 @@ import sqlalchemy as sa
 
 from newsletter.mail.addresses import AddressError, clean_name, normalise_address
 from newsletter.models import UTCDateTime
-from newsletter.subscribers.csvformats import ContactsFile, row_reader
+from newsletter.subscribers.csvformats import ContactsFile
+from newsletter.subscribers.csvrows import row_reader
 from newsletter.subscribers.importreport import CHECKING, ImportReport, Progress
 
 STAGE_ROWS = 5000  # checked rows staged per executemany

@@ -19,7 +19,8 @@ from newsletter.mail import addresses
 from newsletter.mail.addresses import clean_name
 from newsletter.models import UTCDateTime
 from newsletter.subscribers import importer
-from newsletter.subscribers.csvformats import map_columns, read_contact, row_reader
+from newsletter.subscribers.csvformats import map_columns
+from newsletter.subscribers.csvrows import read_contact, row_reader
 
 HEADERS = (
     ["Email Address", "First Name", "Last Name", "OPTIN_TIME", "CONFIRM_TIME", "CONFIRM_IP"],
