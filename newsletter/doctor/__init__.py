@@ -8,7 +8,10 @@ resolver with short timeouts.
     report.py      Status, Check, DoctorReport
     local.py       settings, NEWSLETTER_BASE_URL, the outbox folder
     smtp.py        the SMTP probe
-    dnsrecords.py  SPF, DKIM and DMARC of the From domain
+    dnsrecords.py  the DNS lookup (resolver, TXT records) the three below share
+    spf.py         the From domain's SPF record and the DNS lookups it costs
+    dkim.py        the key `send` signs with, and its published DKIM record
+    dmarc.py       the DMARC policy of the From domain (or its organisational domain)
 
 May import: mail/ (dkim, verp) and the foundation. Never sending/,
 subscribers/, bounces/ (siblings) or the edges.
@@ -22,14 +25,9 @@ from collections.abc import Mapping
 import dns.resolver
 
 from newsletter.config import Settings
-from newsletter.doctor.dnsrecords import (
-    TxtLookup,
-    check_dkim,
-    check_dmarc,
-    check_spf,
-    make_resolver,
-    parse_dns_server,
-)
+from newsletter.doctor.dkim import check_dkim
+from newsletter.doctor.dmarc import check_dmarc
+from newsletter.doctor.dnsrecords import TxtLookup, make_resolver, parse_dns_server
 from newsletter.doctor.local import (
     check_base_url,
     check_outbox,
@@ -38,6 +36,7 @@ from newsletter.doctor.local import (
 )
 from newsletter.doctor.report import Check, DoctorReport, Status
 from newsletter.doctor.smtp import check_smtp
+from newsletter.doctor.spf import check_spf
 from newsletter.errors import ConfigError
 from newsletter.mail.verp import envelope_sender
 

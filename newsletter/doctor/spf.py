@@ -1,20 +1,16 @@
-"""SPF lookup counting: follow a record's include: and redirect= (RFC 7208 4.6.4).
+"""SPF: one `v=spf1` record at the From domain, and the DNS lookups it costs a receiver.
 
-`check_spf` (in dnsrecords) turns what this finds into the doctor's verdict.
+`check_spf` gives the doctor's verdict; the walk under it follows the record's
+include: and redirect= and counts its lookups (RFC 7208 4.6.4).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Protocol
 
-
-class TxtSource(Protocol):
-    """What the walk needs of a lookup: dnsrecords.TxtLookup (raising its DnsFailure)."""
-
-    def txt(self, name: str) -> list[str]: ...
-
+from newsletter.doctor.dnsrecords import DnsFailure, TxtLookup, dns_failed
+from newsletter.doctor.report import Check, Status
 
 MAX_SPF_LOOKUPS = 10  # RFC 7208 4.6.4: more is a permanent error
 MAX_SPF_VOID_LOOKUPS = 2  # RFC 7208 4.6.4: lookups that find nothing
@@ -55,7 +51,7 @@ def _spf_mechanism(term: str) -> tuple[str, str]:
     return name, value
 
 
-def _walk_spf(dns_lookup: TxtSource, record: str, walk: _SpfWalk, path: tuple[str, ...]) -> None:
+def _walk_spf(dns_lookup: TxtLookup, record: str, walk: _SpfWalk, path: tuple[str, ...]) -> None:
     """Count the DNS lookups `record` makes, following include: and redirect= (RFC 7208 4.6.4).
 
     Raises DnsFailure when a record it needs cannot be read.
@@ -100,3 +96,101 @@ def _walk_spf(dns_lookup: TxtSource, record: str, walk: _SpfWalk, path: tuple[st
         _walk_spf(dns_lookup, records[0], walk, (*path, target))
         if len(path) == 1:
             walk.per_include[f"{kind}:{target}"] = walk.lookups - before + 1
+
+
+def check_spf(dns_lookup: TxtLookup, domain: str) -> Check:
+    """RFC 7208: one `v=spf1` TXT record at the From domain, ending in ~all or -all.
+
+    Its include: and redirect= are followed: more than 10 DNS lookups or 2 void
+    lookups over the whole tree is a permanent error receivers act on.
+    """
+    try:
+        found = dns_lookup.txt(domain)
+    except DnsFailure as exc:
+        return dns_failed("spf", f"TXT {domain}", exc)
+    records = _spf_records(found)
+    if not records and domain in dns_lookup.nxdomain:
+        return Check(
+            "spf",
+            Status.FAIL,
+            f"The domain {domain} does not exist in DNS (NXDOMAIN): receivers refuse mail "
+            "from a domain that does not exist",
+            "check the domain of NEWSLETTER_FROM, or register and publish it",
+        )
+    if not records:
+        return Check(
+            "spf",
+            Status.FAIL,
+            f"No SPF record at {domain}: receivers cannot tell which servers may send as "
+            f"@{domain}; Gmail and Yahoo require SPF and DKIM for bulk senders",
+            f"publish a TXT record at {domain} like v=spf1 include:<your mail provider> ~all",
+        )
+    if len(records) > 1:
+        return Check(
+            "spf",
+            Status.FAIL,
+            f"{len(records)} SPF records at {domain}: receivers treat that as an error "
+            "(RFC 7208 permerror) and ignore them all",
+            "merge them into one v=spf1 record",
+        )
+    record = records[0]
+    terms = record.split()[1:]
+    all_term = next((t.lower() for t in terms if t.lower().lstrip("+-~?") == "all"), None)
+    if all_term in ("all", "+all"):
+        return Check(
+            "spf",
+            Status.FAIL,
+            f"SPF record at {domain} ends in {all_term}: it lets any server send as @{domain}",
+            "end it with ~all or -all",
+        )
+    walk = _SpfWalk()
+    try:
+        _walk_spf(dns_lookup, record, walk, (domain,))
+    except DnsFailure as exc:
+        return dns_failed("spf", f"the includes of the SPF record at {domain}", exc)
+    if walk.lookups > MAX_SPF_LOOKUPS:
+        heaviest = sorted(walk.per_include.items(), key=lambda item: -item[1])[:3]
+        detail = ", ".join(f"{term} needs {count}" for term, count in heaviest)
+        return Check(
+            "spf",
+            Status.FAIL,
+            f"SPF needs {walk.lookups} DNS lookups; receivers allow {MAX_SPF_LOOKUPS} "
+            f"(RFC 7208 permerror) and ignore the record at {domain}",
+            "remove includes you no longer use, or replace some by ip4:/ip6: ranges"
+            + (f" ({detail})" if detail else ""),
+        )
+    if walk.void > MAX_SPF_VOID_LOOKUPS:
+        return Check(
+            "spf",
+            Status.FAIL,
+            f"SPF at {domain} makes {walk.void} void DNS lookups (names with no record); "
+            f"receivers allow {MAX_SPF_VOID_LOOKUPS} (RFC 7208 permerror)",
+            "remove includes of names that no longer exist",
+        )
+    if walk.problems:
+        return Check(
+            "spf",
+            Status.FAIL,
+            f"SPF at {domain} is broken: {'; '.join(walk.problems[:3])} "
+            "(RFC 7208 permerror): receivers ignore the record",
+            "fix or remove those includes",
+        )
+    if all_term is None and not any(t.lower().startswith("redirect=") for t in terms):
+        return Check(
+            "spf",
+            Status.WARN,
+            f"SPF record at {domain} has no 'all' at the end: mail from other servers is neutral",
+            f"end it with ~all or -all: {record} ~all",
+        )
+    if all_term == "?all":
+        return Check(
+            "spf",
+            Status.WARN,
+            f"SPF record at {domain} ends in ?all: it says nothing about other servers",
+            "end it with ~all or -all",
+        )
+    return Check(
+        "spf",
+        Status.OK,
+        f"SPF record at {domain}: {record} ({walk.lookups} of {MAX_SPF_LOOKUPS} DNS lookups)",
+    )

@@ -12,15 +12,12 @@ import pytest
 
 from newsletter.config import load_settings, parse_smtp_url
 from newsletter.doctor import Check, DoctorReport, Status, load_settings_leniently, run_doctor
-from newsletter.doctor.dnsrecords import (
-    TxtLookup,
-    check_dkim,
-    check_dmarc,
-    check_spf,
-    make_resolver,
-)
+from newsletter.doctor.dkim import check_dkim
+from newsletter.doctor.dmarc import check_dmarc
+from newsletter.doctor.dnsrecords import TxtLookup, make_resolver
 from newsletter.doctor.local import check_base_url, check_outbox
 from newsletter.doctor.smtp import check_smtp
+from newsletter.doctor.spf import check_spf
 from tests.support.dnsserver import DNSServer
 from tests.support.helpers import dkim_record, silent_udp_port
 from tests.support.smtpserver import SMTPServer

@@ -13,14 +13,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from newsletter.doctor.dnsrecords import (
-    TxtLookup,
-    check_dmarc,
-    check_spf,
-    make_resolver,
-    organisational_domain,
-)
+from newsletter.doctor.dmarc import check_dmarc, organisational_domain
+from newsletter.doctor.dnsrecords import TxtLookup, make_resolver
 from newsletter.doctor.report import Status
+from newsletter.doctor.spf import check_spf
 from tests.support.dnsserver import DNSServer, unavailable_reason
 
 RECORDS: dict[str, str | list[str]] = {
