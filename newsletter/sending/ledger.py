@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -123,6 +124,16 @@ def _sqlite_time(value: datetime | None) -> str | None:
     return value.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
+@dataclass(frozen=True)
+class Writes:
+    """One commit's worth: the outcomes to record, then the deliveries to mark `sending`
+    (each with the Message-ID it goes out with)."""
+
+    finished: Sequence[Finished]
+    starts: Sequence[tuple[Recipient, str]]
+    now: datetime
+
+
 class Ledger:
     """The writes of one send, for dispatch.Sender (the lock makes it safe to share)."""
 
@@ -167,17 +178,17 @@ class Ledger:
         """
         if not finished and not starts:
             return []
-        now = utcnow()
+        writes = Writes(finished, starts, utcnow())
         with self.lock:
             if conn.dialect.name == "sqlite":
-                return self._commit_sqlite(conn, finished, starts, now)
+                return self._commit_sqlite(conn, writes)
             postgres = conn.dialect.name == "postgresql"
             for attempt in range(RETRIES):
                 try:
                     with conn.begin():
                         if postgres:
-                            return self._apply_postgres(conn, finished, starts, now)
-                        return self._apply(self._core_runner(conn), finished, starts, now)
+                            return self._apply_postgres(conn, writes)
+                        return self._apply(self._core_runner(conn), writes)
                 except Exception as exc:
                     # A deadlock or serialisation failure rolled it all back: run it again.
                     code = getattr(getattr(exc, "orig", exc), "sqlstate", None)
@@ -185,17 +196,12 @@ class Ledger:
                         raise
             raise AssertionError("unreachable")
 
-    def _apply_postgres(
-        self,
-        conn: Connection,
-        finished: Sequence[Finished],
-        starts: Sequence[tuple[Recipient, str]],
-        now: datetime,
-    ) -> list[bool | None]:
+    def _apply_postgres(self, conn: Connection, writes: Writes) -> list[bool | None]:
         """`_apply` on psycopg directly: the plain `sent` outcomes in one UPDATE, the
         sending marks in one UPDATE ... FROM unnest(...) RETURNING; the rare rest (other
         outcomes, starts that did not take) row by row through Core, in the same
         transaction. Through Core each statement cost a round trip and its compile."""
+        finished, starts, now = writes.finished, writes.starts, writes.now
         raw = conn.connection.driver_connection
         if raw is None:
             raise RuntimeError("the PostgreSQL connection is closed")
@@ -224,20 +230,17 @@ class Ledger:
             if start[0].delivery_id in taken:
                 allowed.append(True)
             else:  # its subscriber left (skip it), or it is no longer ours or open
-                allowed.append(self._apply(run, [], [start], now)[0])
+                allowed.append(self._apply(run, Writes([], [start], now))[0])
         return allowed
 
-    def _apply(
-        self,
-        run: Any,
-        finished: Sequence[Finished],
-        starts: Sequence[tuple[Recipient, str]],
-        now: datetime,
-    ) -> list[bool | None]:
-        for done in finished:
+    def _apply(self, run: Any, writes: Writes) -> list[bool | None]:
+        """Through Core (or `run`), row by row: the general path, and the rare rows
+        the bulk statements leave over."""
+        now = writes.now
+        for done in writes.finished:
             self._finish(run, done, now)
         allowed: list[bool | None] = []
-        for start, message_id in starts:
+        for start, message_id in writes.starts:
             params = {"did": start.delivery_id, "sid": start.subscriber_id, "now": now}
             if self.worker_id is not None:
                 params["me"] = self.worker_id
@@ -281,13 +284,8 @@ class Ledger:
 
         return run
 
-    def _commit_sqlite(
-        self,
-        conn: Connection,
-        finished: Sequence[Finished],
-        starts: Sequence[tuple[Recipient, str]],
-        now: datetime,
-    ) -> list[bool | None]:
+    def _commit_sqlite(self, conn: Connection, writes: Writes) -> list[bool | None]:
+        finished, starts, now = writes.finished, writes.starts, writes.now
         raw = conn.connection.driver_connection  # sqlite3, autocommit (see db.py)
         if raw is None:
             raise RuntimeError("the SQLite connection is closed")
@@ -308,7 +306,7 @@ class Ledger:
             allowed = self._start_in_bulk(cursor, starts, stamp)
             for i, ok in enumerate(allowed):
                 if ok is None:  # not started: its subscriber left, or it is not open
-                    allowed[i] = self._apply(run, [], [starts[i]], now)[0]
+                    allowed[i] = self._apply(run, Writes([], [starts[i]], now))[0]
         except BaseException:
             cursor.execute("ROLLBACK")
             raise
