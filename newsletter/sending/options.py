@@ -63,4 +63,3 @@ class SendResult:
     not_yet: str | None = None
     #: ids of the issues this run created (ISSUE_PER=story: up to --max-stories of them)
     issues_made: list[int] = field(default_factory=list)
-

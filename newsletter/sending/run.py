@@ -222,5 +222,3 @@ def _exclusive(engine: Engine, result: SendResult, shared: bool) -> Iterator[Non
                 f"Took over the lock of an interrupted send (pid {lock.took_over.pid})."
             )
         yield
-
-
