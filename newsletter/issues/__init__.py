@@ -1,6 +1,7 @@
 """Feed -> stories -> a frozen, rendered Issue.
 
-Owns fetching and parsing the feed (fetch, feed), cleaning its text and HTML
+Owns fetching and parsing the feed (fetch, feed; feedhints: the advice when an
+address gives an HTML page or lacks its https://), cleaning its text and HTML
 (sanitize, htmltext), the templates (templating), rendering an issue once
 (render) and freezing the new stories into an Issue with one pending Delivery
 per active subscriber (create).

@@ -21,15 +21,14 @@ from urllib.parse import urlsplit
 import feedparser
 
 from newsletter.errors import FeedError
+from newsletter.issues.feedhints import html_page_hint
 from newsletter.issues.fetch import (  # noqa: F401 (fetch_feed and FetchResult re-exported)
     _FEED_ROOTS,
-    _HTML_HINT,
     DEFAULT_USER_AGENT,
     MAX_FEED_BYTES,
     FetchResult,
     _root_element,
     fetch_feed,
-    html_page_hint,
 )
 from newsletter.issues.sanitize import (
     clean_html,

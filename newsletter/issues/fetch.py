@@ -2,14 +2,14 @@
 
 Conditional GETs (ETag / Last-Modified), timeouts on connect, reads and the whole
 download, a size cap, and a clear `FeedError` for each way a fetch can fail:
-an HTML challenge page from a CDN is caught here by its content type and root.
+an HTML page (a site's home page, a CDN's challenge) is caught here by its
+content type and root. The advice such an error gives (the page's own feed
+link, a missing https://) comes from feedhints.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import html.parser
 import http.client
 import io
 import re
@@ -25,11 +25,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from newsletter.errors import FeedError
-from newsletter.issues.sanitize import (
-    clean_text,
-    display_url,
-    safe_url,
+from newsletter.issues.feedhints import (
+    CHALLENGE_HINT,
+    html_page_hint,
+    missing_file_error,
+    unsupported_address_error,
 )
+from newsletter.issues.sanitize import clean_text, display_url
 
 DEFAULT_USER_AGENT = "newsletter/0.1 (RSS-to-email newsletter)"
 MAX_FEED_BYTES = 20 * 1024 * 1024
@@ -38,11 +40,6 @@ _ACCEPT = (
     "application/rss+xml, application/atom+xml, application/rdf+xml;q=0.9, "
     "application/xml;q=0.8, text/xml;q=0.8, */*;q=0.5"
 )
-_HTML_HINT = (
-    "A security plugin or CDN probably answered with a challenge page: "
-    "allow this client's User-Agent or IP for the feed URL."
-)
-# feedparser flags these yet parses fine: not a reason to reject a feed.
 
 
 @dataclass(frozen=True)
@@ -81,29 +78,15 @@ def fetch_feed(
     if scheme == "file":
         return _read_file(Path(urllib.request.url2pathname(urlsplit(source).path)))
     if len(scheme) > 1:  # one letter is a Windows drive, not a scheme
-        if _HOST_AND_PORT.match(source):
-            raise FeedError(
-                f"{source} has no scheme and is no file path; did you mean http://{source} ?"
-            )
-        raise FeedError(f"Unsupported feed address {source!r}: use http(s) or a file path.")
+        raise unsupported_address_error(source)
     return _read_file(Path(source), source)
-
-
-# "localhost:8000/feed" parses as the scheme "localhost"
-_HOST_AND_PORT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*:\d{1,5}(?:[/?#]|$)")
 
 
 def _read_file(path: Path, given: str | None = None) -> FetchResult:
     if path.is_dir():
         raise FeedError(f"{path} is a directory, not a feed file.")
     if not path.exists():
-        if given is not None and _looks_like_a_web_address(given):
-            raise FeedError(
-                f"{given} is not a file here; did you mean https://{given} ?",
-                hint="A feed URL needs its scheme: set NEWSLETTER_FEED_URL=https://... "
-                "(a value without one is read as a file path).",
-            )
-        raise FeedError(f"Feed file not found: {path}")
+        raise missing_file_error(path, given)
     try:
         with path.open("rb") as handle:
             data = handle.read(MAX_FEED_BYTES + 1)
@@ -112,28 +95,6 @@ def _read_file(path: Path, given: str | None = None) -> FetchResult:
     if len(data) > MAX_FEED_BYTES:
         raise _too_large(path)
     return FetchResult(data=data, url=str(path))
-
-
-def _looks_like_a_web_address(given: str) -> bool:
-    """`endseclusion.org/feed`: a host name with a known public suffix, then a path.
-
-    Only asked once no such file exists; `feed.xml` is no host (xml is no suffix).
-    """
-    host = re.split(r"[/?#]", given, maxsplit=1)[0].lower().rstrip(".")
-    if host.startswith("www."):
-        return True
-    if "." not in host or not re.fullmatch(r"[a-z0-9.-]+", host):
-        return False
-    suffix = _public_suffixes().publicsuffix(host, accept_unknown=False)
-    return suffix is not None and suffix != host
-
-
-@functools.cache
-def _public_suffixes() -> Any:
-    """The Public Suffix List the publicsuffixlist package ships (loaded once, when needed)."""
-    from publicsuffixlist import PublicSuffixList
-
-    return PublicSuffixList()
 
 
 class _DeadlinePassed(TimeoutError):
@@ -229,47 +190,43 @@ class _DeadlineReader(io.RawIOBase):
 
 
 class _DeadlineHTTPConnection(http.client.HTTPConnection):
+    """A connection whose connect and every later socket wait get what is left of the deadline."""
+
     def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._deadline = deadline
 
     def connect(self) -> None:
-        self.timeout = self._deadline.wait()
+        self.timeout = self._deadline.wait()  # bounds the TCP connect (and the TLS handshake)
         super().connect()
         self.sock = _DeadlineSocket(self.sock, self._deadline)
 
 
-class _DeadlineHTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._deadline = deadline
-
-    def connect(self) -> None:
-        self.timeout = self._deadline.wait()  # bounds the TCP connect and the TLS handshake
-        super().connect()
-        self.sock = _DeadlineSocket(self.sock, self._deadline)
+class _DeadlineHTTPSConnection(_DeadlineHTTPConnection, http.client.HTTPSConnection):
+    """The same over TLS: HTTPSConnection.connect wraps the socket before we wrap it again."""
 
 
-class _DeadlineHTTPHandler(urllib.request.HTTPHandler):
+class _DeadlineHandler(urllib.request.HTTPHandler, urllib.request.HTTPSHandler):
+    """Opens http and https URLs on deadline-bound connections.
+
+    A subclass of both urllib handlers, so `build_opener` leaves its own two out.
+    """
+
     def __init__(self, deadline: _Deadline) -> None:
         super().__init__()
         self._deadline = deadline
 
     def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(
-            functools.partial(_DeadlineHTTPConnection, deadline=self._deadline), req
-        )
-
-
-class _DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, deadline: _Deadline) -> None:
-        super().__init__()
-        self._deadline = deadline
+        return self.do_open(self._connection(_DeadlineHTTPConnection), req)
 
     def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(
-            functools.partial(_DeadlineHTTPSConnection, deadline=self._deadline), req
-        )
+        return self.do_open(self._connection(_DeadlineHTTPSConnection), req)
+
+    def _connection(
+        self, kind: type[_DeadlineHTTPConnection]
+    ) -> functools.partial[_DeadlineHTTPConnection]:
+        """`kind` with this fetch's deadline bound, as urllib's do_open wants a class."""
+        return functools.partial(kind, deadline=self._deadline)
 
 
 class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
@@ -298,9 +255,7 @@ def _fetch_http(
         headers["If-None-Match"] = etag
     if last_modified:
         headers["If-Modified-Since"] = last_modified
-    opener = urllib.request.build_opener(
-        _HttpOnlyRedirects, _DeadlineHTTPHandler(deadline), _DeadlineHTTPSHandler(deadline)
-    )
+    opener = urllib.request.build_opener(_HttpOnlyRedirects, _DeadlineHandler(deadline))
     timeout = deadline.per_wait
     try:
         # only http(s) gets here (fetch checks the scheme, redirects are held to it too)
@@ -324,7 +279,7 @@ def _fetch_http(
         html_page = exc.headers.get_content_type() == "text/html" if exc.headers else False
         raise FeedError(
             f"{shown} answered HTTP {exc.code} {exc.reason or ''}".rstrip() + ".",
-            hint=_HTML_HINT if html_page and exc.code in (403, 429, 503) else None,
+            hint=CHALLENGE_HINT if html_page and exc.code in (403, 429, 503) else None,
         ) from None
     except urllib.error.URLError as exc:
         raise FeedError(f"Cannot reach {shown}: {_describe(exc.reason, timeout)}") from None
@@ -352,62 +307,6 @@ def _read_capped(response: Any, deadline: _Deadline, shown: str) -> bytes:
         if deadline.passed():
             raise _DeadlinePassed(f"the fetch took longer than {deadline.seconds:g} seconds")
     return buffer.getvalue()
-
-
-_FEED_TYPES = frozenset({"application/rss+xml", "application/atom+xml", "application/rdf+xml"})
-
-
-class _FeedLinks(html.parser.HTMLParser):
-    """Collects the `<link rel="alternate" type="application/rss+xml" href=...>` of a page."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.hrefs: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag != "link":
-            return
-        values = {name.lower(): (value or "") for name, value in attrs}
-        rel = values.get("rel", "").lower().split()
-        kind = values.get("type", "").split(";")[0].strip().lower()
-        if "alternate" in rel and kind in _FEED_TYPES and values.get("href", "").strip():
-            self.hrefs.append(values["href"].strip())
-
-
-def advertised_feeds(data: bytes, page_url: str | None) -> list[str]:
-    """The feed URLs an HTML page advertises in its head, made absolute (http(s) only)."""
-    parser = _FeedLinks()
-    with contextlib.suppress(Exception):  # html.parser is lenient; a hint never fails a fetch
-        parser.feed(data[:262144].decode("utf-8", errors="replace"))
-        parser.close()
-    base = page_url if page_url and urlsplit(page_url).scheme in ("http", "https") else None
-    found: list[str] = []
-    for href in parser.hrefs:
-        url = safe_url(href, base)
-        if url and urlsplit(url).scheme in ("http", "https") and url not in found:
-            found.append(url)
-    return found
-
-
-def html_page_hint(data: bytes, page_url: str | None) -> str:
-    """What to try when the feed URL gave an HTML page.
-
-    The page's own `<link rel="alternate">` feed first; on a site's home page,
-    its `/feed/` (where WordPress serves it); else a CDN's challenge page.
-    """
-    feeds = advertised_feeds(data, page_url)
-    parts = urlsplit(page_url or "")
-    home = parts.scheme in ("http", "https") and parts.path in ("", "/") and not parts.query
-    if feeds:
-        where = "That is the site's home page, not its feed; it" if home else "The page"
-        return f"{where} names its feed: set NEWSLETTER_FEED_URL={display_url(feeds[0])}"
-    if home:
-        origin = display_url(f"{parts.scheme}://{parts.netloc}")
-        return (
-            "That is the site's home page, not its feed: try "
-            f"NEWSLETTER_FEED_URL={origin}/feed/ (where WordPress serves it)."
-        )
-    return _HTML_HINT
 
 
 def _decode_body(raw: bytes, encoding: str, shown: str) -> bytes:
