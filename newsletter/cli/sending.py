@@ -155,7 +155,7 @@ def _send_owed_mail(app: App, settings: Settings) -> None:
     """Welcome emails (and confirmations) that the web worker could not send: sending/
     may not import subscribers/, so the edge calls it after the send. `settings` are the
     configured ones: a welcome describes NEWSLETTER_STORY_CONTENT, not this run's --content."""
-    from newsletter.subscribers.signup import send_owed_mail
+    from newsletter.subscribers.confirming import send_owed_mail
 
     owed = send_owed_mail(app.engine, settings)
     welcomes, confirmations = owed.welcomes.sent, owed.confirmations.sent
