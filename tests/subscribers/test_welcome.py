@@ -35,7 +35,8 @@ from newsletter.subscribers.welcome import (
 )
 from tests.support.feedserver import closed_port_url
 from tests.support.helpers import add_subscribers, database, settings_for
-from tests.support.smtpserver import ReceivedMessage, SMTPServer
+from tests.support.smtphandler import ReceivedMessage
+from tests.support.smtpserver import SMTPServer
 
 WELCOME = "Welcome to AASR"
 

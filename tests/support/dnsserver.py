@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -28,6 +27,8 @@ import dns.exception
 import dns.message
 import dns.query
 import dns.resolver
+
+from tests.support.lifecycle import ScratchServer
 
 __all__ = ["DNSMASQ", "DNSServer", "unavailable_reason"]
 
@@ -77,7 +78,7 @@ def _config(records: Records) -> str:
     return "\n".join(lines) + "\n"
 
 
-class DNSServer:
+class DNSServer(ScratchServer):
     """dnsmasq serving TXT `records` (name -> text, or a list for several records)."""
 
     host = "127.0.0.1"
@@ -87,7 +88,6 @@ class DNSServer:
         self.zones = tuple(zones)
         self.port = 0
         self._process: subprocess.Popen[bytes] | None = None
-        self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
 
     @property
     def address(self) -> str:
@@ -106,8 +106,7 @@ class DNSServer:
         reason = unavailable_reason()
         if reason is not None:
             raise RuntimeError(reason)
-        self._tmpdir = tempfile.TemporaryDirectory(prefix="dnsserver-")
-        folder = Path(self._tmpdir.name)
+        folder = self._scratch_folder("dnsserver-")
         conf = folder / "dnsmasq.conf"
         conf.write_text(_config(self.records))
         log = folder / "dnsmasq.log"
@@ -119,7 +118,7 @@ class DNSServer:
                 )
             if self._wait_ready():
                 return self
-            self._terminate()
+            self._stop_serving()
         output = log.read_text(errors="replace")
         self.stop()
         raise RuntimeError(f"dnsmasq did not start:\n{output}")
@@ -159,7 +158,7 @@ class DNSServer:
                 time.sleep(0.05)
         return False
 
-    def _terminate(self) -> None:
+    def _stop_serving(self) -> None:
         process, self._process = self._process, None
         if process is None or process.poll() is not None:
             return
@@ -169,15 +168,3 @@ class DNSServer:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=5)
-
-    def stop(self) -> None:
-        self._terminate()
-        if self._tmpdir is not None:
-            self._tmpdir.cleanup()
-            self._tmpdir = None
-
-    def __enter__(self) -> DNSServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -4,7 +4,8 @@ The sender's fault handling (retry on 4xx, suppress on 5.1.x, stop on 5.7.x,
 "unknown" when the connection drops after the body) can only be trusted if it
 is exercised against a real SMTP conversation on a real socket, so this wraps
 aiosmtpd's threaded ``Controller`` and lets a test decide, between sends, how
-the server answers.
+the server answers. This module is the server (port, TLS, AUTH, what it kept
+and counted); how it answers is in tests/support/smtphandler.py.
 
 Example::
 
@@ -15,11 +16,6 @@ Example::
     assert server.messages[0].parsed()["Subject"] == "Hello"
     server.stop()
 
-Message numbers: every MAIL FROM starts a transaction, numbered 1, 2, 3...
-since the server started (or since ``clear()``). Options that act on "the
-N-th message" use that number, so a sender's retry is a new number and gets
-the normal behaviour.
-
 Line length: aiosmtpd refuses any line of the message longer than 998
 characters plus CRLF with "500 Line too long" (its ``line_length_limit``).
 That is the behaviour of strict real servers, and it is kept on purpose:
@@ -29,233 +25,26 @@ production.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import email
-import email.policy
-import re
 import socket
 import ssl
-import tempfile
 import threading
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
 
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-__all__ = ["Behaviour", "ReceivedMessage", "SMTPServer"]
+from tests.support.lifecycle import ScratchServer
+from tests.support.smtphandler import Behaviour, FaultyController, Handler, ReceivedMessage
 
-Matcher = str | re.Pattern[str]
+__all__ = ["SMTPServer"]
+
 TLSMode = Literal["starttls", "implicit"] | None
-Stage = Literal["mail", "rcpt", "data"]
 
 #: Big enough for a 1 MB newsletter and then some; aiosmtpd answers 552 past it.
 DEFAULT_DATA_SIZE_LIMIT = 10 * 1024 * 1024
-
-
-def _matches(matcher: Matcher, address: str) -> bool:
-    """A str matches as a case-insensitive substring ("gone@"); a Pattern by search()."""
-    if isinstance(matcher, re.Pattern):
-        return matcher.search(address) is not None
-    return matcher.lower() in address.lower()
-
-
-@dataclass(frozen=True)
-class Behaviour:
-    """How the server answers; replaced as a whole so a send never sees half an update."""
-
-    #: reply for RCPT TO by address: {"gone@": "550 5.1.1 User unknown"}; first match wins
-    rcpt_replies: Mapping[Matcher, str] = field(default_factory=dict)
-    #: reply for the end of DATA instead of 250, e.g. "554 5.7.1 Spam"
-    data_reply: str | None = None
-    #: answer 421 and close the connection on this message number (see module doc)
-    fail_421_on: int | None = None
-    fail_421_reply: str = "421 4.7.0 Try again later"
-    #: when the 421 comes: in reply to MAIL FROM, RCPT TO or the end of DATA
-    fail_421_stage: Stage = "data"
-    #: close the connection after the body, before any reply, on this message number
-    drop_after_body_on: int | None = None
-    #: ...or when any recipient of the message matches one of these
-    drop_after_body_rcpts: tuple[Matcher, ...] = ()
-    #: seconds to wait before replying to the end of DATA
-    data_delay: float = 0.0
-    #: take the whole body, keep the connection open and never reply to the end of DATA
-    #: (kept as a dropped message: the sender cannot know whether it was delivered)
-    never_answer_data: bool = False
-
-
-@dataclass
-class ReceivedMessage:
-    """One message the server took responsibility for."""
-
-    mail_from: str
-    rcpt_tos: list[str]
-    #: the message exactly as received (CRLF line ends, dot-unstuffed, not decoded)
-    data: bytes
-    number: int
-    mail_options: list[str] = field(default_factory=list)
-    tls: bool = False
-    auth_user: str | None = None
-    #: True when the server kept the message but dropped the connection before replying
-    dropped: bool = False
-
-    def parsed(self) -> EmailMessage:
-        """The message parsed with the modern policy, so headers come back decoded."""
-        msg = email.message_from_bytes(self.data, policy=email.policy.default)
-        assert isinstance(msg, EmailMessage)
-        return msg
-
-
-class _SMTPProtocol(SMTP):
-    """aiosmtpd's SMTP that tells the owner about each new connection."""
-
-    def __init__(self, handler: _Handler, **kwargs: Any) -> None:
-        super().__init__(handler, **kwargs)
-        self._owner = handler.owner
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # connection_made runs a second time after STARTTLS: count only the first
-        is_new = self._original_transport is None
-        super().connection_made(transport)
-        if is_new:
-            self._owner._count("connections_opened")
-
-
-class _Controller(Controller):
-    def factory(self) -> SMTP:
-        return _SMTPProtocol(self.handler, **self.SMTP_kwargs)
-
-
-async def _reply_and_close(server: SMTP, reply: str | None) -> None:
-    """Send ``reply`` (if any), close the socket and wait to be cancelled.
-
-    Returning to aiosmtpd would make it send its own reply; instead the
-    handler task sleeps until connection_lost() cancels it.
-    """
-    if reply is not None:
-        await server.push(reply)
-    transport = server.transport
-    if transport is not None:
-        if reply is None:
-            transport.abort()  # nothing to flush: the client must see no reply at all
-        else:
-            transport.close()  # flush the reply, then FIN
-    await asyncio.sleep(3600)
-
-
-class _Handler:
-    """aiosmtpd hooks; all state lives in the owning SMTPServer."""
-
-    def __init__(self, owner: SMTPServer) -> None:
-        self.owner = owner
-
-    async def handle_EHLO(
-        self,
-        server: SMTP,
-        session: Session,
-        envelope: Envelope,
-        hostname: str,
-        responses: list[str],
-    ) -> list[str]:
-        session.host_name = hostname
-        if self.owner.pipelining:
-            responses.insert(1, "250-PIPELINING")
-        return responses
-
-    async def handle_MAIL(
-        self,
-        server: SMTP,
-        session: Session,
-        envelope: Envelope,
-        address: str,
-        mail_options: list[str],
-    ) -> str:
-        number = self.owner._count("transactions")
-        session.message_number = number  # type: ignore[attr-defined]
-        behaviour = self.owner.behaviour
-        if behaviour.fail_421_stage == "mail" and behaviour.fail_421_on == number:
-            await _reply_and_close(server, behaviour.fail_421_reply)
-        envelope.mail_from = address
-        envelope.mail_options.extend(mail_options)
-        return "250 OK"
-
-    async def handle_RCPT(
-        self,
-        server: SMTP,
-        session: Session,
-        envelope: Envelope,
-        address: str,
-        rcpt_options: list[str],
-    ) -> str:
-        behaviour = self.owner.behaviour
-        number = getattr(session, "message_number", 0)
-        if behaviour.fail_421_stage == "rcpt" and behaviour.fail_421_on == number:
-            await _reply_and_close(server, behaviour.fail_421_reply)
-        for matcher, reply in behaviour.rcpt_replies.items():
-            if _matches(matcher, address):
-                if reply.startswith("421"):
-                    await _reply_and_close(server, reply)
-                if reply.startswith("2"):
-                    envelope.rcpt_tos.append(address)
-                    envelope.rcpt_options.extend(rcpt_options)
-                return reply
-        envelope.rcpt_tos.append(address)
-        envelope.rcpt_options.extend(rcpt_options)
-        return "250 OK"
-
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        behaviour = self.owner.behaviour
-        number = getattr(session, "message_number", 0)
-        transport = server.transport
-        message = ReceivedMessage(
-            mail_from=envelope.mail_from or "",
-            rcpt_tos=list(envelope.rcpt_tos),
-            data=bytes(envelope.original_content or b""),
-            number=number,
-            mail_options=list(envelope.mail_options),
-            tls=transport is not None and transport.get_extra_info("ssl_object") is not None,
-            auth_user=_auth_user(session),
-        )
-        drop = behaviour.drop_after_body_on == number or any(
-            _match_any(behaviour.drop_after_body_rcpts, rcpt) for rcpt in message.rcpt_tos
-        )
-        if drop:
-            message.dropped = True
-            self.owner._record(message)
-            await _reply_and_close(server, None)
-        if behaviour.never_answer_data:
-            message.dropped = True
-            self.owner._record(message)
-            await asyncio.sleep(3600)  # cancelled when the client hangs up or the server stops
-        if behaviour.data_delay > 0:
-            # a client that gives up meanwhile cancels this task: nothing is recorded
-            await asyncio.sleep(behaviour.data_delay)
-        if behaviour.fail_421_stage == "data" and behaviour.fail_421_on == number:
-            await _reply_and_close(server, behaviour.fail_421_reply)
-        if behaviour.data_reply is not None:
-            if behaviour.data_reply.startswith("421"):
-                await _reply_and_close(server, behaviour.data_reply)
-            if not behaviour.data_reply.startswith("2"):
-                return behaviour.data_reply
-        self.owner._record(message)
-        return behaviour.data_reply or "250 2.0.0 OK: queued"
-
-
-def _auth_user(session: Session) -> str | None:
-    data = getattr(session, "auth_data", None)
-    if isinstance(data, bytes):
-        return data.decode("utf-8", "replace")
-    return data if isinstance(data, str) else None
-
-
-def _match_any(matchers: Iterable[Matcher], address: str) -> bool:
-    return any(_matches(m, address) for m in matchers)
 
 
 def _free_port(host: str) -> int:
@@ -264,7 +53,17 @@ def _free_port(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
-class SMTPServer:
+class _Counter:
+    """One of the server's counters, read as an attribute under its lock."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, server: SMTPServer, owner: type | None = None) -> int:
+        return server._get(self.name)
+
+
+class SMTPServer(ScratchServer):
     """A real SMTP server on 127.0.0.1 and a free port, run in a thread.
 
     Constructor options (fixed for the server's life):
@@ -308,8 +107,7 @@ class SMTPServer:
         self._counts = dict.fromkeys(
             ("connections_opened", "transactions", "messages_accepted", "messages_dropped"), 0
         )
-        self._controller: _Controller | None = None
-        self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
+        self._controller: FaultyController | None = None
         self._ca: Any = None
         self.ca_file: Path | None = None
 
@@ -334,8 +132,8 @@ class SMTPServer:
         last_error: Exception | None = None
         for _ in range(5):
             self.port = _free_port(self.host)
-            controller = _Controller(
-                _Handler(self),
+            controller = FaultyController(
+                Handler(self),
                 hostname=self.host,
                 port=self.port,
                 ssl_context=server_ctx if self.tls == "implicit" else None,
@@ -351,19 +149,10 @@ class SMTPServer:
             return self
         raise RuntimeError(f"could not start the test SMTP server: {last_error}")
 
-    def stop(self) -> None:
+    def _stop_serving(self) -> None:
         if self._controller is not None:
             self._controller.stop()
             self._controller = None
-        if self._tmpdir is not None:
-            self._tmpdir.cleanup()
-            self._tmpdir = None
-
-    def __enter__(self) -> SMTPServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # ---- addresses and TLS ------------------------------------------------
 
@@ -383,8 +172,7 @@ class SMTPServer:
         cert = self._ca.issue_cert("127.0.0.1", "localhost")
         server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         cert.configure_cert(server_ctx)
-        self._tmpdir = tempfile.TemporaryDirectory(prefix="smtpserver-")
-        self.ca_file = Path(self._tmpdir.name) / "ca.pem"
+        self.ca_file = self._scratch_folder("smtpserver-") / "ca.pem"
         self._ca.cert_pem.write_to_path(str(self.ca_file))
         return server_ctx
 
@@ -440,23 +228,14 @@ class SMTPServer:
         with self._lock:
             return list(self._messages)
 
-    @property
-    def connections_opened(self) -> int:
-        return self._get("connections_opened")
-
-    @property
-    def transactions(self) -> int:
-        """MAIL FROM commands seen: the number of the last message."""
-        return self._get("transactions")
-
-    @property
-    def messages_accepted(self) -> int:
-        """Messages answered with a 2xx after DATA."""
-        return self._get("messages_accepted")
-
-    @property
-    def messages_dropped(self) -> int:
-        return self._get("messages_dropped")
+    #: connections accepted (a STARTTLS on one is not another)
+    connections_opened = _Counter()
+    #: MAIL FROM commands seen: the number of the last message
+    transactions = _Counter()
+    #: messages answered with a 2xx after DATA
+    messages_accepted = _Counter()
+    #: messages kept, but the connection dropped before (or instead of) the reply
+    messages_dropped = _Counter()
 
     def clear(self) -> None:
         """Forget messages and zero the counters (message numbers restart at 1)."""
@@ -481,18 +260,20 @@ class SMTPServer:
         """Every envelope recipient of every kept message, in order."""
         return [rcpt for msg in self.messages for rcpt in msg.rcpt_tos]
 
-    # ---- called from the server thread ------------------------------------
-
     def _get(self, key: str) -> int:
         with self._lock:
             return self._counts[key]
 
-    def _count(self, key: str) -> int:
+    # ---- called from the server thread (smtphandler.ServerState) ----------
+
+    def count(self, key: str) -> int:
+        """One more of `key` (a connection, a transaction); the new count."""
         with self._lock:
             self._counts[key] += 1
             return self._counts[key]
 
-    def _record(self, message: ReceivedMessage) -> None:
+    def record(self, message: ReceivedMessage) -> None:
+        """Keep a message the server took (or dropped after its body)."""
         with self._lock:
             self._messages.append(message)
             self._counts["messages_dropped" if message.dropped else "messages_accepted"] += 1

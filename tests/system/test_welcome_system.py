@@ -25,7 +25,8 @@ from tests.support.a11y import (
     file_url,
 )
 from tests.support.helpers import add_subscribers, database, settings_for
-from tests.support.smtpserver import ReceivedMessage, SMTPServer
+from tests.support.smtphandler import ReceivedMessage
+from tests.support.smtpserver import SMTPServer
 from tests.system.test_spam import MAX_SCORE, needs_spamassassin, spamassassin
 
 if TYPE_CHECKING:

@@ -25,7 +25,8 @@ from newsletter.models import SubscriberStatus
 from newsletter.sending.run import SendOptions, run_send
 from tests.support.feedserver import FeedServer
 from tests.support.helpers import BASE_ENV, add_subscribers, run_cli
-from tests.support.smtpserver import ReceivedMessage, SMTPServer
+from tests.support.smtphandler import ReceivedMessage
+from tests.support.smtpserver import SMTPServer
 from tests.support.webserver import WebServer
 
 if TYPE_CHECKING:
