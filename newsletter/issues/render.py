@@ -1,10 +1,13 @@
 """Render an issue once: subject, HTML (CSS inlined) and text (no DB writes).
 
 CONTRACT (used by newsletter.issues.create, newsletter.mail.message, the send's
-preview, the confirmation email and the web archive):
+preview, the confirmation and welcome emails and the web archive):
 
     render_issue(stories, settings, *, issue_id, feed_title, feed_link, max_blocks=None)
         -> RenderedIssue
+    render_bodies(settings, stem, context, *, placeholder=None) -> (html, text)
+        # any email's two bodies: the issue's, the welcome's, the confirmation's
+    mark_placeholder(key, html) -> str   # records the placeholder for split_placeholder
     story_blocks(story, mode) -> int   # how many places a story's body may be cut at
     split_placeholder(html) -> (placeholder, html)   # what message.py fills per subscriber
     fill_unsubscribe(body, url, placeholder=None) -> str   # a preview's link
@@ -36,7 +39,7 @@ import logging
 import re
 import secrets
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from html import unescape
@@ -46,12 +49,13 @@ from urllib.parse import urlsplit
 from markupsafe import Markup
 from premailer import Premailer
 
-from newsletter.config import Settings, story_content_mode
+from newsletter.config import Settings
 from newsletter.errors import TemplateError
 from newsletter.issues.htmltext import cap_line_length, excerpt_html, html_to_text, top_blocks
 from newsletter.issues.layout import fit_to_column
 from newsletter.issues.templating import render_template
 from newsletter.phases import CSS_INLINING, phase
+from newsletter.settingvalues import story_content_mode
 
 #: The fixed placeholder of issues frozen before per-issue placeholders (still sent so).
 UNSUBSCRIBE_URL = "%%UNSUBSCRIBE_URL%%"
@@ -124,6 +128,11 @@ def new_placeholder() -> tuple[str, str]:
     """(key, placeholder) for one issue: unguessable, so no feed text can hold it."""
     key = secrets.token_hex(16)
     return key, f"%%UNSUBSCRIBE_URL_{key}%%"
+
+
+def mark_placeholder(key: str, html: str) -> str:
+    """`html` with the comment that records its placeholder, where `split_placeholder` reads it."""
+    return f"<!--newsletter-placeholder:{key}-->\n{html}"
 
 
 def split_placeholder(html: str) -> tuple[str, str]:
@@ -215,22 +224,40 @@ def render_issue(
     context["subject"] = subject
     key, placeholder = new_placeholder()
     context["unsubscribe_url"] = placeholder
-    html = inline_css(render_template(settings, "email.html", context))
-    text = cap_line_length(render_template(settings, "email.txt", context).strip() + "\n")
-    for name, body in (("email.html", html), ("email.txt", text)):
-        if placeholder not in body:
-            raise TemplateError(
-                f"Template {name!r} has no unsubscribe link: "
-                "it must contain {{ unsubscribe_url }}"
-            )
-    html = f"<!--newsletter-placeholder:{key}-->\n{html}"
+    html, text = render_bodies(settings, "email", context, placeholder=placeholder)
     return RenderedIssue(
         subject=subject,
-        html=html,
+        html=mark_placeholder(key, html),
         text=text,
         placeholder=placeholder,
         truncated_story_titles=tuple(v.title for v in views if v.truncated),
     )
+
+
+def render_bodies(
+    settings: Settings,
+    stem: str,
+    context: Mapping[str, Any],
+    *,
+    placeholder: str | None = None,
+) -> tuple[str, str]:
+    """(HTML, text) of one email from `{stem}.html` (CSS inlined) and `{stem}.txt` (lines capped).
+
+    One path for every email, so the issue, the welcome and the confirmation are
+    inlined and wrapped alike. `placeholder`: the body is rendered once for many
+    readers and each one's unsubscribe link goes there later, so both bodies must
+    hold it; a template without the link is refused before anything is sent.
+    """
+    html_name, text_name = f"{stem}.html", f"{stem}.txt"
+    html = _inline_css(render_template(settings, html_name, context), html_name)
+    text = cap_line_length(render_template(settings, text_name, context).strip() + "\n")
+    for name, body in ((html_name, html), (text_name, text)):
+        if placeholder is not None and placeholder not in body:
+            raise TemplateError(
+                f"Template {name!r} has no unsubscribe link: "
+                "it must contain {{ unsubscribe_url }}"
+            )
+    return html, text
 
 
 def content_mode(settings: Settings) -> str:
@@ -243,8 +270,11 @@ def story_blocks(story: StoryLike, mode: str) -> int:
     return len(top_blocks(_body_html(story, mode)))
 
 
-def inline_css(html: str) -> str:
-    """Inline the <style> rules once per issue; @media rules and !important stay in <style>."""
+def _inline_css(html: str, name: str) -> str:
+    """Inline the <style> rules once per email; @media rules and !important stay in <style>.
+
+    `name` is the template the HTML came from, for the error a broken one gives.
+    """
     with phase(CSS_INLINING):
         try:
             inlined = Premailer(
@@ -261,7 +291,7 @@ def inline_css(html: str) -> str:
             ).transform()
         except Exception as exc:  # premailer/lxml/cssutils raise many types on a broken template
             message = " ".join(str(exc).split()) or type(exc).__name__
-            raise TemplateError(f"Template 'email.html': CSS inlining failed: {message}") from None
+            raise TemplateError(f"Template {name!r}: CSS inlining failed: {message}") from None
     return inlined.strip() + "\n"
 
 

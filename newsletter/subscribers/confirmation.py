@@ -18,9 +18,7 @@ import re
 from typing import Any
 
 from newsletter.config import Settings
-from newsletter.issues.htmltext import cap_line_length
-from newsletter.issues.render import content_mode, inline_css
-from newsletter.issues.templating import render_template
+from newsletter.issues.render import content_mode, render_bodies
 from newsletter.mail.message import MessageTemplate, message_date, unsubscribe_url
 from newsletter.mail.transport import Reply
 
@@ -77,8 +75,7 @@ def build_confirmation(
         # the real link, not the issue's placeholder: this body is rendered per message
         "unsubscribe_url": unsubscribe_url(settings, unsubscribe_token),
     }
-    html = inline_css(render_template(settings, "confirm_email.html", context))
-    text = cap_line_length(render_template(settings, "confirm_email.txt", context).strip() + "\n")
+    html, text = render_bodies(settings, "confirm_email", context)
     template = MessageTemplate(settings, subject=subject, html=html, text=text, issue_id=None)
     return template.personalise(
         to, None, unsubscribe_token, message_id=template.new_message_id(), date=message_date()

@@ -36,9 +36,13 @@ from sqlmodel import col
 
 from newsletter.config import Settings
 from newsletter.db import read_session, write_session
-from newsletter.errors import TemplateError
-from newsletter.issues.htmltext import cap_line_length
-from newsletter.issues.render import inline_css, new_placeholder, normalise_subject, safe_url
+from newsletter.issues.render import (
+    mark_placeholder,
+    new_placeholder,
+    normalise_subject,
+    render_bodies,
+    safe_url,
+)
 from newsletter.issues.templating import render_template
 from newsletter.mail.message import MessageTemplate, message_date
 from newsletter.mail.transport import TransportFactory, transport_factory
@@ -186,15 +190,8 @@ def render_welcome(engine: Engine, settings: Settings) -> WelcomeMessage:
     }
     subject = welcome_subject(settings, context)
     context["subject"] = subject
-    html = inline_css(render_template(settings, "welcome_email.html", context))
-    text = cap_line_length(render_template(settings, "welcome_email.txt", context).strip() + "\n")
-    for name, body in (("welcome_email.html", html), ("welcome_email.txt", text)):
-        if placeholder not in body:
-            raise TemplateError(
-                f"Template {name!r} has no unsubscribe link: "
-                "it must contain {{ unsubscribe_url }}"
-            )
-    marked = f"<!--newsletter-placeholder:{key}-->\n{html}"
+    html, text = render_bodies(settings, "welcome_email", context, placeholder=placeholder)
+    marked = mark_placeholder(key, html)
     template = MessageTemplate(settings, subject=subject, html=marked, text=text, issue_id=None)
     return WelcomeMessage(template, subject, html, text)
 

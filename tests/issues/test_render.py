@@ -20,6 +20,7 @@ from newsletter.errors import ConfigError, TemplateError
 from newsletter.issues.render import (
     UNSUBSCRIBE_URL,
     normalise_subject,
+    render_bodies,
     render_issue,
     render_subject,
     split_placeholder,
@@ -335,6 +336,30 @@ def test_template_undefined_and_missing(tmp_path: Path) -> None:
     (custom / "subject.txt").write_text("ok", encoding="utf-8")
     with pytest.raises(TemplateError, match=r"nope.html"):
         render(settings)
+
+
+def test_an_overridden_partial_reaches_every_email_that_includes_it(tmp_path: Path) -> None:
+    """docs/templates.md: a site changes what the emails share by overriding one partial."""
+    custom = tmp_path / "partials"
+    custom.mkdir()
+    head = (builtin_templates_dir() / "_head.html").read_text(encoding="utf-8")
+    ours = head.replace("<head>\n", '<head>\n<meta name="x-site" content="ours">\n')
+    (custom / "_head.html").write_text(ours, encoding="utf-8")
+    settings = make_settings(tmp_path, NEWSLETTER_TEMPLATES_DIR=str(custom))
+    assert 'content="ours"' in render(settings).html
+    confirm = {
+        "subject": "Please confirm",
+        "list_title": "AASR",
+        "postal_address": "",
+        "content_mode": "summary",
+        "button_label": "Confirm",
+        "expires_days": 7,
+        "confirm_url": "https://x.org/c",
+        "unsubscribe_url": "https://x.org/u",
+    }
+    html, text = render_bodies(settings, "confirm_email", confirm)
+    assert 'content="ours"' in html
+    assert "https://x.org/c" in text
 
 
 def test_template_without_unsubscribe_is_refused(tmp_path: Path) -> None:
