@@ -1,64 +1,41 @@
-"""DKIM: keygen as a user runs it, every sent message verified by dkimpy, bad keys refused.
+"""DKIM signing: every sent message verified by dkimpy, tampering caught.
 
 dkimpy is the reference verifier: our signer is our own (OpenSSL RSA, shared
 parts canonicalised once), so each signature is checked by an independent
-implementation, with a resolver function standing in for DNS.
+implementation, with a resolver function standing in for DNS. The key itself
+(keygen, bad key settings) is tested in test_dkim_keys.py; the `key` fixture
+is in conftest.py.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import pickle
 import random
 import re
-import secrets
 import shutil
-import stat
 from collections.abc import Callable
 from pathlib import Path
 
 import dkim
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from dkim.canonicalization import Relaxed
 
 from newsletter.config import Settings
-from newsletter.db import open_database, write_session
-from newsletter.errors import ConfigError
+from newsletter.db import open_database
 from newsletter.mail.dkim import (
     DkimKey,
     GeneratedKey,
     MessageSigner,
-    generate_key,
     load_key,
     relaxed_body,
     relaxed_header,
 )
 from newsletter.mail.message import MessageTemplate, message_date
-from newsletter.models import Subscriber
 from newsletter.sending.run import SendOptions, run_send
-from tests.support.helpers import (
-    BASE_ENV,
-    SAMPLE_FEED,
-    add_subscribers,
-    deliveries,
-    many,
-    settings_for,
-)
-from tests.support.helpers import run_cli as cli
+from tests.support.helpers import SAMPLE_FEED, add_subscribers, many, settings_for
 from tests.support.smtpserver import SMTPServer
-
-SELECTOR = "news2026"
-DOMAIN = "endseclusion.org"
-
-
-@pytest.fixture(scope="module")
-def key(tmp_path_factory: pytest.TempPathFactory) -> GeneratedKey:
-    """One real key for the module (RSA generation costs ~0.1 s)."""
-    folder = tmp_path_factory.mktemp("dkim")
-    return generate_key(folder / "dkim.pem", selector=SELECTOR, domain=DOMAIN)
 
 
 def resolver(made: GeneratedKey) -> Callable[..., bytes | None]:
@@ -89,53 +66,6 @@ def h_tag(data: bytes) -> list[str]:
     match = re.search(r"^DKIM-Signature:.*?\bh=([^;]+);", header, re.S | re.M)
     assert match, header
     return [name.strip() for name in match.group(1).split(":")]
-
-
-# ---- keygen through the CLI ---------------------------------------------------
-
-
-def test_keygen_writes_a_private_key_and_prints_the_record(tmp_path: Path) -> None:
-    done = cli(tmp_path, "dkim", "keygen", "--selector", "s2026", **BASE_ENV)
-    assert done.returncode == 0, done.stderr
-    path = tmp_path / "dkim-s2026.pem"
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    private = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    assert isinstance(private, rsa.RSAPrivateKey) and private.key_size == 2048
-
-    line = next(x.strip() for x in done.stdout.splitlines() if "._domainkey." in x)
-    match = re.fullmatch(r's2026\._domainkey\.endseclusion\.org TXT ((?:"[^"]*" ?)+)', line)
-    assert match, line
-    strings = re.findall(r'"([^"]*)"', match.group(1))
-    assert len(strings) == 2 and all(len(s) <= 255 for s in strings)
-    assert len(strings[0]) == 255  # split as DNS requires, not before
-    value = "".join(strings)
-    assert value.startswith("v=DKIM1; k=rsa; p=")
-    public = serialization.load_der_public_key(base64.b64decode(value.split("p=", 1)[1]))
-    assert public.public_numbers() == private.public_key().public_numbers()  # type: ignore[union-attr]
-
-    assert f"NEWSLETTER_DKIM_PRIVATE_KEY={path.resolve()}" in done.stdout
-    assert "NEWSLETTER_DKIM_SELECTOR=s2026" in done.stdout
-
-
-def test_keygen_refuses_to_overwrite(tmp_path: Path) -> None:
-    out = tmp_path / "key.pem"
-    out.write_text("precious")
-    done = cli(tmp_path, "dkim", "keygen", "--out", str(out), **BASE_ENV)
-    assert done.returncode == 1
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and "already exists" in lines[0] and "Traceback" not in done.stderr
-    assert out.read_text() == "precious"
-
-
-def test_keygen_needs_a_domain_and_a_valid_selector(tmp_path: Path) -> None:
-    no_from = cli(tmp_path, "dkim", "keygen")
-    assert no_from.returncode == 1 and "NEWSLETTER_FROM" in no_from.stderr
-    assert len(no_from.stderr.strip().splitlines()) == 1
-    assert not list(tmp_path.glob("*.pem"))
-    bad = cli(tmp_path, "dkim", "keygen", "--selector", "a b", "--domain", DOMAIN)
-    assert bad.returncode == 2
-    ok = cli(tmp_path, "dkim", "keygen", "--domain", "example.org", "--out", "k.pem")
-    assert ok.returncode == 0 and "._domainkey.example.org TXT" in ok.stdout
 
 
 # ---- canonicalisation against dkimpy's --------------------------------------------
@@ -185,27 +115,14 @@ def test_incremental_body_hash_equals_the_whole_body_hash(
 # ---- signed messages through a real SMTP server ----------------------------------
 
 
-def _add_named(settings: Settings, people: list[tuple[str, str | None]]) -> None:
-    engine = open_database(settings.database_url)
-    with write_session(engine) as session:
-        for address, name in people:
-            session.add(
-                Subscriber(
-                    email=address,
-                    email_key=address.lower(),
-                    name=name,
-                    token=secrets.token_urlsafe(16),
-                )
-            )
-    engine.dispose()
-
-
 def test_every_sent_message_verifies_and_signs_the_list_headers(
     tmp_path: Path, smtp_server: SMTPServer, key: GeneratedKey
 ) -> None:
     settings = signed_settings(tmp_path, key, NEWSLETTER_SMTP_URL=smtp_server.url)
-    _add_named(
-        settings, [(a, None) for a in many(5)] + [("siobhan@example.ie", "Siobhán Ó Briain")]
+    add_subscribers(
+        open_database(settings.database_url),
+        [*many(5), "siobhan@example.ie"],
+        names={"siobhan@example.ie": "Siobhán Ó Briain"},
     )
     result = run_send(open_database(settings.database_url), settings, SendOptions())
     assert result.error is None and result.issues[0].report.sent == 6
@@ -223,7 +140,7 @@ def test_every_sent_message_verifies_and_signs_the_list_headers(
         for oversigned in ("list-unsubscribe", "list-id", "from", "subject"):
             assert names.count(oversigned) == 2, oversigned
         sig = received.parsed()["DKIM-Signature"]
-        assert f"d={DOMAIN};" in sig and f"s={SELECTOR};" in sig
+        assert f"d={key.domain};" in sig and f"s={key.selector};" in sig
 
 
 def _header_block(data: bytes) -> tuple[bytes, bytes]:
@@ -271,7 +188,11 @@ def test_non_ascii_subject_and_name_verify(
         encoding="utf-8",
     )
     settings = signed_settings(tmp_path, key, NEWSLETTER_SMTP_URL=smtp_server.url)
-    _add_named(settings, [("zoe@example.org", "Zoë Ðaniel-Øster “Z”")])
+    add_subscribers(
+        open_database(settings.database_url),
+        ["zoe@example.org"],
+        names={"zoe@example.org": "Zoë Ðaniel-Øster “Z”"},
+    )
     assert run_send(open_database(settings.database_url), settings, SendOptions()).error is None
     received = smtp_server.messages[0]
     assert b"=?utf-8?" in received.data.split(b"\r\n\r\n", 1)[0].lower()
@@ -285,7 +206,7 @@ def test_key_is_loaded_once_per_issue(
     copy = tmp_path / "copy.pem"
     shutil.copy(key.path, copy)
     settings = settings_for(
-        tmp_path, NEWSLETTER_DKIM_PRIVATE_KEY=str(copy), NEWSLETTER_DKIM_SELECTOR=SELECTOR
+        tmp_path, NEWSLETTER_DKIM_PRIVATE_KEY=str(copy), NEWSLETTER_DKIM_SELECTOR=key.selector
     )
     template = MessageTemplate(
         settings, subject="Hi", html="<p>%%UNSUB%%</p>", text="x", issue_id=1
@@ -325,7 +246,9 @@ def test_the_sample_issue_uses_the_incremental_hash(tmp_path: Path, key: Generat
 def test_key_survives_pickling(tmp_path: Path, key: GeneratedKey) -> None:
     dkim_key = load_key(signed_settings(tmp_path, key))
     again = pickle.loads(pickle.dumps(dkim_key))  # noqa: S301 - our own object, pickled here
-    assert isinstance(again, DkimKey) and again.selector == SELECTOR and again.domain == DOMAIN
+    assert (
+        isinstance(again, DkimKey) and again.selector == key.selector and again.domain == key.domain
+    )
     assert again.private_key.private_numbers() == dkim_key.private_key.private_numbers()  # type: ignore[union-attr]
 
 
@@ -335,76 +258,3 @@ def test_without_dkim_settings_nothing_is_signed(tmp_path: Path) -> None:
     template = MessageTemplate(settings, subject="Hi", html="<p>x</p>", text="x", issue_id=1)
     data = template.personalise("a@example.org", None, "t", message_id="<1@x>", date="d")
     assert b"DKIM-Signature" not in data
-
-
-# ---- bad key settings --------------------------------------------------------------
-
-
-def _pem(private: object) -> bytes:
-    return private.private_bytes(  # type: ignore[attr-defined]
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def _bad_keys(tmp_path: Path, key: GeneratedKey) -> list[tuple[dict[str, str], str, str]]:
-    """(settings, the setting named, words of the message) for every bad configuration."""
-    (tmp_path / "garbage.pem").write_text("not a key\n")
-    (tmp_path / "ec.pem").write_bytes(_pem(ec.generate_private_key(ec.SECP256R1())))
-    (tmp_path / "ed.pem").write_bytes(_pem(ed25519.Ed25519PrivateKey.generate()))
-    private = serialization.load_pem_private_key(key.path.read_bytes(), password=None)
-    (tmp_path / "locked.pem").write_bytes(
-        private.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.BestAvailableEncryption(b"secret"),
-        )
-    )
-    (tmp_path / "folder.pem").mkdir()
-    k, s = "NEWSLETTER_DKIM_PRIVATE_KEY", "NEWSLETTER_DKIM_SELECTOR"
-    return [
-        ({k: str(key.path)}, s, "needs both"),
-        ({s: SELECTOR}, k, "needs both"),
-        ({k: str(tmp_path / "missing.pem"), s: SELECTOR}, k, "no such file"),
-        ({k: str(tmp_path / "folder.pem"), s: SELECTOR}, k, "cannot read"),
-        ({k: str(tmp_path / "garbage.pem"), s: SELECTOR}, k, "not a PEM private key"),
-        ({k: str(tmp_path / "ec.pem"), s: SELECTOR}, k, "EC key, not RSA"),
-        ({k: str(tmp_path / "ed.pem"), s: SELECTOR}, k, "Ed25519 key, not RSA"),
-        ({k: str(tmp_path / "locked.pem"), s: SELECTOR}, k, "passphrase"),
-    ]
-
-
-def test_bad_key_settings_are_one_line_config_errors(tmp_path: Path, key: GeneratedKey) -> None:
-    for env, setting, words in _bad_keys(tmp_path, key):
-        settings = settings_for(tmp_path, **env)
-        with pytest.raises(ConfigError) as caught:
-            MessageTemplate(settings, subject="Hi", html="x", text="x", issue_id=1)
-        message = caught.value.message
-        assert message.startswith(setting) and words in message, message
-        assert "\n" not in message
-
-
-def test_send_with_a_bad_key_exits_1_and_sends_nothing(
-    tmp_path: Path, smtp_server: SMTPServer, key: GeneratedKey
-) -> None:
-    shutil.copy(SAMPLE_FEED, tmp_path / "feed.xml")
-    (tmp_path / "ec.pem").write_bytes(_pem(ec.generate_private_key(ec.SECP256R1())))
-    lines = [f'{k}="{v}"' for k, v in BASE_ENV.items()]
-    lines += [
-        "NEWSLETTER_FEED_URL=feed.xml",
-        f"NEWSLETTER_SMTP_URL={smtp_server.url}",
-        "NEWSLETTER_DKIM_PRIVATE_KEY=ec.pem",
-        f"NEWSLETTER_DKIM_SELECTOR={SELECTOR}",
-    ]
-    (tmp_path / ".env").write_text("\n".join(lines) + "\n")
-    engine = open_database(f"sqlite:///{tmp_path / 'subscribers.db'}")
-    add_subscribers(engine, many(3))
-    done = cli(tmp_path, "send")
-    assert done.returncode == 1, done.stdout + done.stderr
-    errors = done.stderr.strip().splitlines()
-    assert len(errors) == 1 and errors[0].startswith("Error: NEWSLETTER_DKIM_PRIVATE_KEY")
-    assert "Traceback" not in done.stderr
-    assert smtp_server.messages == [] and smtp_server.transactions == 0
-    assert "sent" not in set(deliveries(engine).values())
-    engine.dispose()

@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from subprocess import CompletedProcess, Popen
 
@@ -78,14 +79,21 @@ def database(settings: Settings) -> Engine:
 
 
 def add_subscribers(
-    engine: Engine, emails: list[str], *, status: str = SubscriberStatus.ACTIVE
+    engine: Engine,
+    emails: list[str],
+    *,
+    status: str = SubscriberStatus.ACTIVE,
+    names: Mapping[str, str] | None = None,
 ) -> None:
+    """One subscriber per address; `names` gives some of them a display name."""
+    names = names or {}
     with write_session(engine) as session:
         for address in emails:
             session.add(
                 Subscriber(
                     email=address,
                     email_key=address.lower(),
+                    name=names.get(address),
                     status=status,
                     token=secrets.token_urlsafe(16),
                 )
