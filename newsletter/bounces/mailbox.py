@@ -27,8 +27,9 @@ from urllib.parse import unquote, urlsplit
 from sqlalchemy.engine import Engine
 
 from newsletter.bounces.record import MAX_MESSAGE_BYTES, BounceReport, TooLarge, process_messages
-from newsletter.config import Secret, Settings
+from newsletter.config import Settings
 from newsletter.errors import ConfigError, ImportFileError
+from newsletter.settingvalues import Secret
 
 DEFAULT_FOLDER = "Processed"
 IMAP_TIMEOUT = 60.0

@@ -142,8 +142,8 @@ def _interval(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     """--min-interval 7d: parsed as NEWSLETTER_MIN_INTERVAL is; a bad one is a usage error."""
     if value is None:
         return None
-    from newsletter.config import parse_interval
     from newsletter.errors import ConfigError
+    from newsletter.settingvalues import parse_interval
 
     try:
         return parse_interval(value, "--min-interval")

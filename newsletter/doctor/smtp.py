@@ -8,9 +8,9 @@ import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
-from newsletter.config import SmtpConfig
 from newsletter.doctor.local import is_loopback
 from newsletter.doctor.report import Check, Status
+from newsletter.settingvalues import SmtpConfig
 
 
 def _reply(code: int, text: bytes | str) -> str:

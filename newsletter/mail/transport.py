@@ -34,8 +34,9 @@ from pathlib import Path
 from smtplib import quoteaddr
 from typing import cast
 
-from newsletter.config import Settings, SmtpConfig
+from newsletter.config import Settings
 from newsletter.errors import LoginRefused, TransportError
+from newsletter.settingvalues import SmtpConfig
 
 #: RFC 5321 suggests up to 10 minutes for the reply to the end of DATA; a relay that
 #: takes that long holds every message that long, so the default is shorter (a setting).

@@ -10,14 +10,13 @@ import pytest
 
 from newsletter.config import (
     ENV_NAMES,
-    Secret,
     Settings,
     known_names,
     load_settings,
     nearest_setting,
-    parse_smtp_url,
 )
 from newsletter.errors import ConfigError, MissingSettings
+from newsletter.settingvalues import Secret, parse_smtp_url
 
 ROOT = Path(__file__).resolve().parents[2]
 

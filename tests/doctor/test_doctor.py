@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from newsletter.config import load_settings, parse_smtp_url
+from newsletter.config import load_settings
 from newsletter.doctor import Check, DoctorReport, Status, load_settings_leniently, run_doctor
 from newsletter.doctor.dkim import check_dkim
 from newsletter.doctor.dmarc import check_dmarc
@@ -18,6 +18,7 @@ from newsletter.doctor.dnsrecords import TxtLookup, make_resolver
 from newsletter.doctor.local import check_base_url, check_outbox
 from newsletter.doctor.smtp import check_smtp
 from newsletter.doctor.spf import check_spf
+from newsletter.settingvalues import parse_smtp_url
 from tests.support.dnsserver import DNSServer
 from tests.support.helpers import dkim_record, silent_udp_port
 from tests.support.smtpserver import SMTPServer

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from newsletter.config import load_settings, parse_interval
+from newsletter.config import load_settings
 from newsletter.db import open_database
 from newsletter.errors import ConfigError
 from newsletter.models import (
@@ -28,6 +28,7 @@ from newsletter.models import (
     StoryState,
     table_of,
 )
+from newsletter.settingvalues import parse_interval
 from tests.support.helpers import (
     BASE_ENV,
     NEXT_FEED,

@@ -233,8 +233,8 @@ def test_wrong_password_is_a_clear_error(tmp_path: Path, make_smtp_server, monke
 
 def test_slow_final_reply_times_out_as_unknown(make_smtp_server) -> None:  # type: ignore[no-untyped-def]
     server = make_smtp_server(data_delay=2.0)
-    from newsletter.config import parse_smtp_url
     from newsletter.mail.transport import ConnectionLost
+    from newsletter.settingvalues import parse_smtp_url
 
     transport = SMTPTransport(parse_smtp_url(server.url), timeout=0.5, final_reply_timeout=0.5)
     with pytest.raises(ConnectionLost) as lost:
@@ -243,7 +243,7 @@ def test_slow_final_reply_times_out_as_unknown(make_smtp_server) -> None:  # typ
 
 
 def test_dot_stuffing_keeps_lines_that_start_with_a_dot(smtp_server: SMTPServer) -> None:
-    from newsletter.config import parse_smtp_url
+    from newsletter.settingvalues import parse_smtp_url
 
     with SMTPTransport(parse_smtp_url(smtp_server.url)) as transport:
         reply = transport.send(
