@@ -304,21 +304,24 @@ def test_ten_long_stories_stay_under_gmail_clipping(settings: Settings) -> None:
 # -- templates ----------------------------------------------------------------
 
 
+def own_templates(tmp_path: Path, files: dict[str, str]) -> Settings:
+    """Settings whose NEWSLETTER_TEMPLATES_DIR holds `files` (name: text), a site's overrides."""
+    folder = tmp_path / "own-templates"
+    folder.mkdir()
+    for name, text in files.items():
+        (folder / name).write_text(text, encoding="utf-8")
+    return make_settings(tmp_path, NEWSLETTER_TEMPLATES_DIR=str(folder))
+
+
 def test_custom_templates_dir_wins_and_falls_back(tmp_path: Path) -> None:
-    custom = tmp_path / "custom"
-    custom.mkdir()
-    (custom / "subject.txt").write_text("News: {{ stories|length }} stories", encoding="utf-8")
-    settings = make_settings(tmp_path, NEWSLETTER_TEMPLATES_DIR=str(custom))
+    settings = own_templates(tmp_path, {"subject.txt": "News: {{ stories|length }} stories"})
     issue = render(settings)
     assert issue.subject == "News: 3 stories"
     assert "Read the full story" in issue.html  # email.html from the built-ins
 
 
 def test_template_syntax_error_is_one_line(tmp_path: Path) -> None:
-    custom = tmp_path / "broken"
-    custom.mkdir()
-    (custom / "subject.txt").write_text("{% if stories %}\n{{ oops", encoding="utf-8")
-    settings = make_settings(tmp_path, NEWSLETTER_TEMPLATES_DIR=str(custom))
+    settings = own_templates(tmp_path, {"subject.txt": "{% if stories %}\n{{ oops"})
     with pytest.raises(TemplateError) as info:
         render(settings)
     assert "subject.txt" in str(info.value)
@@ -326,10 +329,8 @@ def test_template_syntax_error_is_one_line(tmp_path: Path) -> None:
 
 
 def test_template_undefined_and_missing(tmp_path: Path) -> None:
-    custom = tmp_path / "undefined"
-    custom.mkdir()
-    (custom / "subject.txt").write_text("{{ no_such_thing }}", encoding="utf-8")
-    settings = make_settings(tmp_path, NEWSLETTER_TEMPLATES_DIR=str(custom))
+    settings = own_templates(tmp_path, {"subject.txt": "{{ no_such_thing }}"})
+    custom = settings.templates_dir
     with pytest.raises(TemplateError, match=r"subject.txt.*no_such_thing"):
         render(settings)
     (custom / "email.html").write_text("{% include 'nope.html' %}", encoding="utf-8")
@@ -340,12 +341,9 @@ def test_template_undefined_and_missing(tmp_path: Path) -> None:
 
 def test_an_overridden_partial_reaches_every_email_that_includes_it(tmp_path: Path) -> None:
     """docs/templates.md: a site changes what the emails share by overriding one partial."""
-    custom = tmp_path / "partials"
-    custom.mkdir()
     head = (builtin_templates_dir() / "_head.html").read_text(encoding="utf-8")
     ours = head.replace("<head>\n", '<head>\n<meta name="x-site" content="ours">\n')
-    (custom / "_head.html").write_text(ours, encoding="utf-8")
-    settings = make_settings(tmp_path, NEWSLETTER_TEMPLATES_DIR=str(custom))
+    settings = own_templates(tmp_path, {"_head.html": ours})
     assert 'content="ours"' in render(settings).html
     confirm = {
         "subject": "Please confirm",
@@ -363,10 +361,7 @@ def test_an_overridden_partial_reaches_every_email_that_includes_it(tmp_path: Pa
 
 
 def test_template_without_unsubscribe_is_refused(tmp_path: Path) -> None:
-    custom = tmp_path / "nounsub"
-    custom.mkdir()
-    (custom / "email.txt").write_text("{{ list_title }}", encoding="utf-8")
-    settings = make_settings(tmp_path, NEWSLETTER_TEMPLATES_DIR=str(custom))
+    settings = own_templates(tmp_path, {"email.txt": "{{ list_title }}"})
     with pytest.raises(TemplateError, match=r"email.txt"):
         render(settings)
 
