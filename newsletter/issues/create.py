@@ -19,7 +19,8 @@ from sqlmodel import Session, col, func, select
 
 from newsletter.config import Settings
 from newsletter.db import read_session, write_session
-from newsletter.issues.feed import Feed, FeedStory, FetchResult
+from newsletter.issues.feed import Feed, FeedStory
+from newsletter.issues.fetch import FetchResult
 from newsletter.issues.render import (
     RenderedIssue,
     StoryLike,

@@ -2,7 +2,8 @@
 
     parse_feed(data: bytes, *, base_url: str | None = None) -> Feed
     load_feed(source, *, timeout=20.0) -> Feed    # fetch + parse, no conditional GET
-    fetch_feed(...) -> FetchResult                # from newsletter.issues.fetch, re-exported
+
+Fetching (conditional GET, deadlines, size cap) is fetch.py's job.
 
 Every failure is a one-line `FeedError`: a broken or missing feed must stop a
 send before anything is recorded, never clear what was sent before.
@@ -22,14 +23,7 @@ import feedparser
 
 from newsletter.errors import FeedError
 from newsletter.issues.feedhints import html_page_hint
-from newsletter.issues.fetch import (  # noqa: F401 (fetch_feed and FetchResult re-exported)
-    _FEED_ROOTS,
-    DEFAULT_USER_AGENT,
-    MAX_FEED_BYTES,
-    FetchResult,
-    _root_element,
-    fetch_feed,
-)
+from newsletter.issues.fetch import _root_element, fetch_feed
 from newsletter.issues.sanitize import (
     clean_html,
     clean_text,

@@ -28,7 +28,8 @@ from newsletter import phases
 from newsletter.config import Settings
 from newsletter.errors import FeedError, LoginRefused, NewsletterError, TransportError
 from newsletter.issues import create as issue_store
-from newsletter.issues.feed import Feed, FeedStory, FetchResult, fetch_feed, parse_feed
+from newsletter.issues.feed import Feed, FeedStory, parse_feed
+from newsletter.issues.fetch import FetchResult, fetch_feed
 from newsletter.issues.render import fill_unsubscribe
 from newsletter.mail.dkim import load_key
 from newsletter.mail.message import MessageTemplate, message_date

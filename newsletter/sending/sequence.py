@@ -25,7 +25,8 @@ from sqlalchemy.engine import Engine
 from newsletter import phases
 from newsletter.config import Settings
 from newsletter.issues import create as issue_store
-from newsletter.issues.feed import Feed, FetchResult
+from newsletter.issues.feed import Feed
+from newsletter.issues.fetch import FetchResult
 from newsletter.models import Issue, Story, utcnow
 from newsletter.sending.deliver import IssueResult
 from newsletter.sending.lock import creation_lock

@@ -13,10 +13,10 @@ from newsletter.issues.feed import (
     MAX_UID_LENGTH,
     Feed,
     FeedStory,
-    fetch_feed,
     load_feed,
     parse_feed,
 )
+from newsletter.issues.fetch import fetch_feed
 from tests.support.helpers import assert_one_line_error
 
 ROOT = Path(__file__).resolve().parents[2]

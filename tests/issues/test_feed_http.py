@@ -9,12 +9,8 @@ from pathlib import Path
 import pytest
 
 from newsletter.errors import FeedError
-from newsletter.issues.feed import (
-    DEFAULT_USER_AGENT,
-    fetch_feed,
-    load_feed,
-    parse_feed,
-)
+from newsletter.issues.feed import load_feed, parse_feed
+from newsletter.issues.fetch import DEFAULT_USER_AGENT, fetch_feed
 from tests.support.feedserver import FeedServer, SilentServer, closed_port_url
 from tests.support.helpers import assert_one_line_error
 

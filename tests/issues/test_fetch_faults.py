@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from newsletter.errors import FeedError
-from newsletter.issues.feed import fetch_feed, load_feed, parse_feed
+from newsletter.issues.feed import load_feed, parse_feed
+from newsletter.issues.fetch import fetch_feed
 from tests.support.feedserver import FeedServer
 
 FEEDS = Path(__file__).resolve().parents[1] / "data" / "feeds"
