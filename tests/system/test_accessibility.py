@@ -18,11 +18,10 @@ import pytest
 
 from newsletter.config import Settings
 from newsletter.sending.run import SendOptions, run_send
-from newsletter.web.app import PAGE_CSP, create_app
+from newsletter.web.app import PAGE_CSP
 from tests.support.a11y import (
     EMAIL_INAPPLICABLE,
     PHONE,
-    axe_unavailable_reason,
     check_page,
     describe_failures,
     file_url,
@@ -32,10 +31,10 @@ from tests.support.a11y import (
 from tests.support.browser import save_screenshot
 from tests.support.helpers import add_subscribers, database, settings_for
 from tests.support.smtpserver import SMTPServer
-from tests.support.webserver import WebServer
+from tests.support.website import served_site
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Page, Route
+    from playwright.sync_api import Page, Route
 
 READER = "parent@example.org"
 #: Anything but the test web server: the sample feed's images live on endseclusion.org.
@@ -72,20 +71,6 @@ def send_sample_issue(tmp_path: Path, smtp: SMTPServer, **env: str) -> SentIssue
 @pytest.fixture
 def sent(tmp_path: Path, smtp_server: SMTPServer) -> SentIssue:
     return send_sample_issue(tmp_path, smtp_server)
-
-
-@pytest.fixture
-def axe_page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
-    """A page whose context ignores CSP, so axe can be injected into our script-free pages."""
-    reason = axe_unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    context = browser.new_context(bypass_csp=True, viewport=PHONE)
-    page = context.new_page()
-    try:
-        yield page
-    finally:
-        context.close()
 
 
 def _serve_images(route: Route) -> None:
@@ -247,34 +232,29 @@ def test_the_text_part_carries_every_title_link_address_and_unsubscribe_in_html_
 
 
 @dataclass
-class Site:
+class SiteWithIssue:
     url: str
     settings: Settings
     unsubscribe_url: str
 
 
 @pytest.fixture
-def site(tmp_path: Path, smtp_server: SMTPServer) -> Iterator[Site]:
+def site(tmp_path: Path, smtp_server: SMTPServer) -> Iterator[SiteWithIssue]:
     """The app under uvicorn with one issue sent (so the archive has a page) and one reader."""
-    with WebServer() as server:
-        settings = settings_for(
-            tmp_path, NEWSLETTER_BASE_URL=server.url, NEWSLETTER_SMTP_URL=smtp_server.url
-        )
-        engine = database(settings)
-        # two signups, then the rate limit answers with the error page
-        server.start(create_app(settings, engine=engine, signup_limit=2))
-        add_subscribers(engine, [READER])
-        assert run_send(engine, settings, SendOptions()).error is None
+    # two signups, then the rate limit answers with the error page
+    with served_site(tmp_path, smtp_server, signup_limit=2) as served:
+        add_subscribers(served.engine, [READER])
+        assert run_send(served.engine, served.settings, SendOptions()).error is None
         [received] = smtp_server.wait_for(1)
         link = re.fullmatch(r"<([^>]+)>", received.parsed()["List-Unsubscribe"])
         assert link is not None
         smtp_server.clear()
-        yield Site(server.url, settings, link.group(1))
+        yield SiteWithIssue(served.url, served.settings, link.group(1))
 
 
 @pytest.mark.browser
 def test_every_page_of_newsletter_serve_passes_axe(
-    axe_page: Page, site: Site, smtp_server: SMTPServer
+    axe_page: Page, site: SiteWithIssue, smtp_server: SMTPServer
 ) -> None:
     from playwright.sync_api import expect
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import re
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,7 +23,6 @@ from newsletter.sending.run import SendOptions, run_send
 from tests.support.a11y import (
     EMAIL_INAPPLICABLE,
     PHONE,
-    axe_unavailable_reason,
     check_page,
     describe_failures,
     file_url,
@@ -35,7 +33,7 @@ from tests.support.smtpserver import SMTPServer
 from tests.system.test_spam import MAX_SCORE, needs_spamassassin, spamassassin
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Page, Route
+    from playwright.sync_api import Page, Route
 
 FEED = Path(__file__).resolve().parents[1] / "data" / "feeds" / "wordpress-full.xml"
 READER = "parent@example.org"
@@ -68,19 +66,6 @@ def send_with_content(tmp_path: Path, smtp: SMTPServer, mode: str) -> Sent:
 @pytest.fixture
 def full_email(tmp_path: Path, smtp_server: SMTPServer) -> Sent:
     return send_with_content(tmp_path, smtp_server, "full")
-
-
-@pytest.fixture
-def axe_page(browser: Browser) -> Iterator[Page]:
-    reason = axe_unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    context = browser.new_context(bypass_csp=True, viewport=PHONE)
-    page = context.new_page()
-    try:
-        yield page
-    finally:
-        context.close()
 
 
 def _image_size(url: str) -> tuple[int, int]:

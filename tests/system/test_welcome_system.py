@@ -4,7 +4,6 @@ dark, and nothing that scrolls sideways on a phone."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,7 +18,6 @@ from newsletter.subscribers.welcome import send_owed_welcomes
 from tests.support.a11y import (
     EMAIL_INAPPLICABLE,
     PHONE,
-    axe_unavailable_reason,
     check_page,
     describe_failures,
     file_url,
@@ -30,7 +28,7 @@ from tests.support.smtpserver import SMTPServer
 from tests.system.test_spam import MAX_SCORE, needs_spamassassin, spamassassin
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Page
+    from playwright.sync_api import Page
 
 READER = "parent@example.org"
 
@@ -69,19 +67,6 @@ def test_the_welcome_email_scores_like_the_issue_email(
     assert verdict.score <= MAX_SCORE, verdict.report
     for rule in ("MPART_ALT_DIFF", "MISSING_DATE", "MISSING_MID", "MIME_HTML_ONLY"):
         assert rule not in verdict.rules, verdict.report
-
-
-@pytest.fixture
-def axe_page(browser: Browser) -> Iterator[Page]:
-    reason = axe_unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    context = browser.new_context(bypass_csp=True, viewport=PHONE)
-    page = context.new_page()
-    try:
-        yield page
-    finally:
-        context.close()
 
 
 @pytest.mark.browser

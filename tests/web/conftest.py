@@ -7,17 +7,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_web import Site, start_site
 
 from tests.support.smtpserver import SMTPServer
-from tests.support.webserver import WebServer
+from tests.support.website import Site, served_site
 
 
 @pytest.fixture
 def site(tmp_path: Path, smtp_server: SMTPServer) -> Iterator[Site]:
-    with WebServer() as server:
-        made = start_site(tmp_path, smtp_server, server)
-        try:
-            yield made
-        finally:
-            made.close()
+    with served_site(tmp_path, smtp_server) as made:
+        yield made

@@ -5,91 +5,22 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
 from datetime import timedelta
-from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-import sqlalchemy as sa
-from sqlalchemy.engine import Engine
 
-from newsletter.config import Settings
-from newsletter.db import write_session
 from newsletter.mail.transport import MemoryTransport
 from newsletter.models import (
-    Subscriber,
     SubscriberStatus,
     utcnow,
 )
 from newsletter.sending.run import SendOptions, run_send
-from newsletter.web.app import create_app
-from tests.support.helpers import add_subscribers, database, database_url, settings_for
-from tests.support.smtpserver import SMTPServer
-from tests.support.webserver import WebServer
-
-GMAIL_ONE_CLICK = {"Content-Type": "application/x-www-form-urlencoded"}
-CONFIRM_LINK = re.compile(r"https?://[^\s\"<>]+/confirm/([A-Za-z0-9_-]+)")
-
+from tests.support.helpers import add_subscribers, database_url
+from tests.support.website import GMAIL_ONE_CLICK, Site
 
 pytestmark = pytest.mark.usefixtures("db_backend")
-
-
-@dataclass
-class Site:
-    url: str
-    settings: Settings
-    engine: Engine
-    smtp: SMTPServer
-    http: httpx.Client
-    app: Any = None
-
-    def close(self) -> None:
-        """Stop the confirmation worker (the test server runs without lifespan events)."""
-        self.http.close()
-        if self.app is not None:
-            self.app.state.confirmations.stop()
-
-    def row(self, email: str) -> Subscriber | None:
-        with write_session(self.engine) as session:
-            return session.exec(
-                sa.select(Subscriber).where(Subscriber.email == email)  # type: ignore[arg-type]
-            ).scalar_one_or_none()
-
-    def token(self, email: str) -> str:
-        row = self.row(email)
-        assert row is not None
-        return row.token
-
-    def signup(self, email: str, name: str = "", **extra: str) -> httpx.Response:
-        return self.http.post("/subscribe", data={"email": email, "name": name, **extra})
-
-
-def start_site(
-    tmp_path: Path,
-    smtp: SMTPServer,
-    server: WebServer,
-    *,
-    env: dict[str, str] | None = None,
-    engine: Engine | None = None,
-    **app_options: object,
-) -> Site:
-    values = {"NEWSLETTER_BASE_URL": server.url, "NEWSLETTER_SMTP_URL": smtp.url, **(env or {})}
-    settings = settings_for(tmp_path, **values)
-    engine = engine or database(settings)
-    app = create_app(settings, engine=engine, **app_options)  # type: ignore[arg-type]
-    server.start(app)
-    return Site(server.url, settings, engine, smtp, httpx.Client(base_url=server.url), app)
-
-
-def confirm_token_from(message: EmailMessage) -> str:
-    body = message.get_body(("plain",))
-    assert body is not None
-    match = CONFIRM_LINK.search(body.get_content())
-    assert match, "no confirm link in the email"
-    return match.group(1)
 
 
 # ---- service -----------------------------------------------------------------
@@ -138,9 +69,7 @@ def test_access_log_never_shows_tokens(site: Site) -> None:
     access.addHandler(handler)
     try:
         site.http.get(f"/unsubscribe/{token}")
-        site.http.post(
-            f"/unsubscribe/{token}", content=b"List-Unsubscribe=One-Click", headers=GMAIL_ONE_CLICK
-        )
+        site.one_click_unsubscribe(token)
         site.http.get("/confirm/SomeConfirmToken123")
         site.http.get("/health")
     finally:
@@ -270,9 +199,7 @@ def test_unsubscribe_help_page_for_the_archive_link(site: Site) -> None:
 def test_next_send_skips_whoever_unsubscribed_on_the_web(site: Site) -> None:
     add_subscribers(site.engine, ["ann@example.org", "bob@example.org"])
     token = site.token("ann@example.org")
-    response = site.http.post(
-        f"/unsubscribe/{token}", content=b"List-Unsubscribe=One-Click", headers=GMAIL_ONE_CLICK
-    )
+    response = site.one_click_unsubscribe(token)
     assert response.status_code == 200
     transport = MemoryTransport()
     result = run_send(site.engine, site.settings, SendOptions(), factory=lambda: transport)

@@ -3,14 +3,12 @@ another base URL shows it in the site's own layout."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from html import unescape
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from test_web import Site, start_site
 
 from newsletter.db import write_session
 from newsletter.issues.render import UNSUBSCRIBE_URL
@@ -20,20 +18,11 @@ from newsletter.sending.run import SendOptions, run_send
 from tests.support.helpers import add_subscribers, database, settings_for
 from tests.support.smtpserver import SMTPServer
 from tests.support.webserver import WebServer
+from tests.support.website import Site, start_site
 
 pytestmark = pytest.mark.usefixtures("db_backend")
 
 OLD_BASE = "https://old-news.endseclusion.org"
-
-
-@pytest.fixture
-def site(tmp_path: Path, smtp_server: SMTPServer) -> Iterator[Site]:
-    with WebServer() as server:
-        made = start_site(tmp_path, smtp_server, server)
-        try:
-            yield made
-        finally:
-            made.close()
 
 
 def _issue(engine: Engine, subject: str, status: str, *, delivered: bool = False) -> int:

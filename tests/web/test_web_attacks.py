@@ -6,34 +6,22 @@ from __future__ import annotations
 
 import socket
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
-from test_web import GMAIL_ONE_CLICK, Site, start_site
 
 from newsletter.models import SubscriberStatus
 from tests.support.helpers import add_subscribers, database, settings_for
 from tests.support.smtpserver import SMTPServer
 from tests.support.webserver import WebServer
+from tests.support.website import GMAIL_ONE_CLICK, Site, start_site
 
 #: Far beyond the HTTP client's patience: a request that waits for SMTP cannot pass.
 RELAY_TIMEOUT = "60"
 CLIENT_TIMEOUT = 10.0
-
-
-@pytest.fixture
-def site(tmp_path: Path, smtp_server: SMTPServer) -> Iterator[Site]:
-    with WebServer() as server:
-        made = start_site(tmp_path, smtp_server, server)
-        try:
-            yield made
-        finally:
-            made.close()
 
 
 # ---- 11.9: redirects never follow the Host header ------------------------------------
@@ -87,11 +75,7 @@ def test_one_click_on_a_locked_database_answers_503_and_the_retry_lands(
             importer = sqlite3.connect(tmp_path / "lock.db", isolation_level=None)
             importer.execute("BEGIN IMMEDIATE")  # a long import holds the write lock
             try:
-                busy = made.http.post(
-                    f"/unsubscribe/{token}",
-                    content=b"List-Unsubscribe=One-Click",
-                    headers=GMAIL_ONE_CLICK,
-                )
+                busy = made.one_click_unsubscribe(token)
                 assert busy.status_code == 503
                 assert busy.headers["retry-after"] == "60"
                 assert busy.headers["cache-control"] == "no-store"
@@ -107,11 +91,7 @@ def test_one_click_on_a_locked_database_answers_503_and_the_retry_lands(
             finally:
                 importer.execute("COMMIT")
                 importer.close()
-            again = made.http.post(  # what an RFC 8058 sender does after a 503
-                f"/unsubscribe/{token}",
-                content=b"List-Unsubscribe=One-Click",
-                headers=GMAIL_ONE_CLICK,
-            )
+            again = made.one_click_unsubscribe(token)  # what an RFC 8058 sender does after a 503
             assert again.status_code == 200
             row = made.row("ann@example.org")
             assert row is not None and row.status == SubscriberStatus.UNSUBSCRIBED
@@ -158,11 +138,7 @@ def test_health_and_unsubscribe_answer_while_the_relay_never_greets(
                     if i % 25 == 0:
                         assert made.http.get("/health").json() == {"status": "ok"}
                 assert made.http.get("/health").status_code == 200
-                gone = made.http.post(
-                    f"/unsubscribe/{token}",
-                    content=b"List-Unsubscribe=One-Click",
-                    headers=GMAIL_ONE_CLICK,
-                )
+                gone = made.one_click_unsubscribe(token)
                 assert gone.status_code == 200
                 row = made.row("ann@example.org")
                 assert row is not None and row.status == SubscriberStatus.UNSUBSCRIBED

@@ -5,22 +5,16 @@ received email, and signing up then confirming. Screenshots of every page at pho
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
 
-from newsletter.config import Settings
 from newsletter.sending.run import SendOptions, run_send
-from newsletter.web.app import create_app
 from tests.support.browser import save_screenshot
-from tests.support.helpers import add_subscribers, database, settings_for
+from tests.support.helpers import add_subscribers
 from tests.support.smtpserver import SMTPServer
-from tests.support.webserver import WebServer
+from tests.support.website import Site
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -42,34 +36,12 @@ def shoot(page: Page, name: str) -> None:
     assert width <= PHONE["width"], f"{name}: {width}px wide at 375px"
 
 
-@dataclass
-class Served:
-    base: str
-    settings: Settings
-    engine: Engine
-
-
-@pytest.fixture
-def served(tmp_path: Path, smtp_server: SMTPServer) -> Iterator[Served]:
-    with WebServer() as server:
-        settings = settings_for(
-            tmp_path, NEWSLETTER_BASE_URL=server.url, NEWSLETTER_SMTP_URL=smtp_server.url
-        )
-        engine = database(settings)
-        app = create_app(settings, engine=engine)
-        server.start(app)
-        try:
-            yield Served(server.url, settings, engine)
-        finally:
-            app.state.confirmations.stop()
-
-
 def test_a_reader_unsubscribes_from_the_link_in_a_received_email(
-    page: Page, served: Served, smtp_server: SMTPServer
+    page: Page, site: Site, smtp_server: SMTPServer
 ) -> None:
     from playwright.sync_api import expect
 
-    base, settings, engine = served.base, served.settings, served.engine
+    base, settings, engine = site.url, site.settings, site.engine
     add_subscribers(engine, ["parent@example.org"])
     result = run_send(engine, settings, SendOptions())
     assert result.error is None
@@ -103,11 +75,11 @@ def test_a_reader_unsubscribes_from_the_link_in_a_received_email(
 
 
 def test_a_reader_signs_up_and_confirms_without_javascript(
-    browser: Browser, served: Served, smtp_server: SMTPServer
+    browser: Browser, site: Site, smtp_server: SMTPServer
 ) -> None:
     from playwright.sync_api import expect
 
-    base, engine = served.base, served.engine
+    base, engine = site.url, site.engine
     context = browser.new_context(java_script_enabled=False, viewport=PHONE)
     page = context.new_page()
     try:
@@ -159,15 +131,15 @@ def test_a_reader_signs_up_and_confirms_without_javascript(
 
 
 def test_a_visitor_reads_a_past_issue_as_a_page_of_the_site(
-    page: Page, served: Served, smtp_server: SMTPServer
+    page: Page, site: Site, smtp_server: SMTPServer
 ) -> None:
     from playwright.sync_api import expect
 
-    add_subscribers(served.engine, ["parent@example.org"])
-    assert run_send(served.engine, served.settings, SendOptions()).error is None
+    add_subscribers(site.engine, ["parent@example.org"])
+    assert run_send(site.engine, site.settings, SendOptions()).error is None
     smtp_server.wait_for(1)
     page.set_viewport_size(PHONE)
-    page.goto(f"{served.base}/issues")
+    page.goto(f"{site.url}/issues")
     page.get_by_role("link", name=re.compile("Supporting Youth")).click()
     expect(page.get_by_role("heading", level=1)).to_contain_text("Supporting Youth")
     expect(page.get_by_role("link", name="Sign up")).to_be_visible()  # the site's footer

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from test_web import Site, confirm_token_from, start_site
 
 from newsletter.db import write_session
 from newsletter.mail.addresses import email_hash
@@ -23,6 +22,7 @@ from newsletter.models import (
 from tests.support.helpers import add_subscribers
 from tests.support.smtpserver import SMTPServer
 from tests.support.webserver import WebServer
+from tests.support.website import Site, confirm_token_from, start_site
 
 pytestmark = pytest.mark.usefixtures("db_backend")
 

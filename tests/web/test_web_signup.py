@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -14,7 +14,6 @@ import dkim
 import httpx
 import pytest
 import sqlalchemy as sa
-from test_web import Site, confirm_token_from, start_site
 
 from newsletter.config import load_settings
 from newsletter.db import write_session
@@ -35,18 +34,9 @@ from newsletter.web.throttle import client_key
 from tests.support.helpers import database, settings_for
 from tests.support.smtpserver import SMTPServer
 from tests.support.webserver import WebServer
+from tests.support.website import Site, confirm_token_from, start_site
 
 pytestmark = pytest.mark.usefixtures("db_backend")
-
-
-@pytest.fixture
-def site(tmp_path: Path, smtp_server: SMTPServer) -> Iterator[Site]:
-    with WebServer() as server:
-        made = start_site(tmp_path, smtp_server, server)
-        try:
-            yield made
-        finally:
-            made.close()
 
 
 def wait_until(check: Callable[[], bool], timeout: float = 10.0) -> None:

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from test_web import Site, start_site
 
 from newsletter.models import SubscriberStatus
 from newsletter.sending.run import SendOptions, run_send
@@ -28,6 +27,7 @@ from tests.support.helpers import BASE_ENV, add_subscribers, run_cli
 from tests.support.smtphandler import ReceivedMessage
 from tests.support.smtpserver import SMTPServer
 from tests.support.webserver import WebServer
+from tests.support.website import Site, served_site, start_site
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -42,16 +42,12 @@ WELCOME_SUBJECT = "Welcome to AASR"
 @pytest.fixture
 def site(tmp_path: Path, smtp_server: SMTPServer) -> Iterator[Site]:
     """`newsletter serve`'s app under uvicorn; one issue already sent (to an old reader)."""
-    with WebServer() as server:
-        made = start_site(tmp_path, smtp_server, server)
-        try:
-            add_subscribers(made.engine, ["old-reader@example.org"])
-            assert run_send(made.engine, made.settings, SendOptions()).error is None
-            smtp_server.wait_for(1)
-            smtp_server.clear()
-            yield made
-        finally:
-            made.close()
+    with served_site(tmp_path, smtp_server) as made:
+        add_subscribers(made.engine, ["old-reader@example.org"])
+        assert run_send(made.engine, made.settings, SendOptions()).error is None
+        smtp_server.wait_for(1)
+        smtp_server.clear()
+        yield made
 
 
 @pytest.fixture
