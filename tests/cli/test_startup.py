@@ -6,7 +6,6 @@ option shown."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ import click
 import pytest
 
 from newsletter.cli import main
-from tests.support.helpers import ROOT
+from tests.support.helpers import cli_env, run_process
 
 #: Top-level packages a help screen must not import (each costs tens to hundreds of ms).
 HEAVY = frozenset(
@@ -81,17 +80,8 @@ def imported_modules(importtime_log: str) -> set[str]:
 
 def help_run(cwd: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
     """`python -X importtime -m newsletter ARGS --help` with no settings, and what it imported."""
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
-    environ.update(PYTHONPATH=str(ROOT), COLUMNS="100")
-    result = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "newsletter", *args, "--help"],
-        cwd=cwd,
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    command = [sys.executable, "-X", "importtime", "-m", "newsletter", *args, "--help"]
+    result = run_process(command, cwd, cli_env(COLUMNS="100"), timeout=60)
     return result, imported_modules(result.stderr)
 
 

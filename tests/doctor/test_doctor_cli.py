@@ -3,34 +3,20 @@ aiosmtpd, its one line per check and its exit codes."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from tests.support.dnsserver import DNSServer
-from tests.support.helpers import BASE_ENV, silent_udp_port
+from tests.support.helpers import BASE_ENV, run_cli, silent_udp_port
 from tests.support.smtpserver import SMTPServer
 
-ROOT = Path(__file__).resolve().parents[2]
 MakeServer = Callable[..., SMTPServer]
 
 
 def run(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
-    environ.update(env)
-    environ["PYTHONPATH"] = str(ROOT)
-    return subprocess.run(
-        [sys.executable, "-m", "newsletter", "doctor", *args],
-        cwd=cwd,
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_cli(cwd, "doctor", *args, timeout=60, **env)
 
 
 def _lines(result: subprocess.CompletedProcess[str]) -> dict[str, str]:

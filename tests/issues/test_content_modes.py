@@ -16,8 +16,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
-from dataclasses import dataclass, replace
-from datetime import datetime
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,7 @@ from newsletter.errors import ConfigError
 from newsletter.issues.feed import Feed, FeedStory, parse_feed
 from newsletter.issues.layout import COLUMN_WIDTH, demote_headings, fit_to_column
 from newsletter.issues.render import UNSUBSCRIBE_URL, RenderedIssue, render_issue, split_placeholder
-from tests.support.helpers import content_mode_settings
+from tests.support.helpers import PlainStory, content_mode_settings
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 GOLDEN = DATA / "golden"
@@ -286,59 +285,44 @@ def test_image_widths_are_capped_and_heights_left_to_the_client() -> None:
     assert fit_to_column('<img src="a" alt="" height="900">') == '<img src="a" alt="">'
 
 
-@dataclass(frozen=True)
-class PlainStory:
-    """A story as the web archive and older callers pass it (no FeedStory fields)."""
-
-    title: str
-    link: str | None
-    author: str | None
-    summary_html: str
-    content_html: str
-    image_url: str | None
-    image_alt: str | None
-    published_at: datetime | None
-
-
-def test_full_with_a_story_image_not_in_the_post_still_shows_it(tmp_path: Path) -> None:
+def full_issue_of_one_story(
+    tmp_path: Path, title: str, content_html: str, image_url: str, image_alt: str
+) -> RenderedIssue:
+    """One story with a featured image, as the web archive passes it, rendered in `full`."""
     story = PlainStory(
-        title="Pictured",
+        title=title,
         link="https://endseclusion.org/p/",
         author=None,
         summary_html="",
-        content_html="<p>Body.</p>",
-        image_url="https://endseclusion.org/featured.jpg",
-        image_alt="Featured",
+        content_html=content_html,
+        image_url=image_url,
+        image_alt=image_alt,
         published_at=None,
     )
-    issue = render_issue(
+    return render_issue(
         [story],
         content_mode_settings(tmp_path, "full"),
         issue_id=None,
         feed_title="",
         feed_link=None,
+    )
+
+
+def test_full_with_a_story_image_not_in_the_post_still_shows_it(tmp_path: Path) -> None:
+    issue = full_issue_of_one_story(
+        tmp_path, "Pictured", "<p>Body.</p>", "https://endseclusion.org/featured.jpg", "Featured"
     )
     assert re.search(r'<img class="story-image" src="https://endseclusion.org/featured.jpg"',
                      issue.html)  # fmt: skip
 
 
 def test_full_knows_a_featured_image_in_another_wordpress_size(tmp_path: Path) -> None:
-    story = PlainStory(
-        title="Sized",
-        link="https://endseclusion.org/p/",
-        author=None,
-        summary_html="",
-        content_html='<p><img src="https://endseclusion.org/up/room-1024x683.jpg" alt="Room"></p>',
-        image_url="https://endseclusion.org/up/room-scaled.jpg",
-        image_alt="Room",
-        published_at=None,
-    )
-    issue = render_issue(
-        [story],
-        content_mode_settings(tmp_path, "full"),
-        issue_id=None,
-        feed_title="",
-        feed_link=None,
+    issue = full_issue_of_one_story(
+        tmp_path,
+        "Sized",
+        '<p><img src="https://endseclusion.org/up/room-1024x683.jpg" alt="Room"></p>',
+        "https://endseclusion.org/up/room-scaled.jpg",
+        "Room",
     )
     assert 'class="story-image"' not in issue.html
     assert issue.html.count("<img") == 1

@@ -15,7 +15,7 @@ import pytest
 from newsletter.issues.create import MAX_HTML_BYTES, create_issue, render_within_size
 from newsletter.issues.feed import Feed, FeedStory
 from newsletter.issues.render import render_issue, split_placeholder
-from tests.support.helpers import add_subscribers, content_mode_settings, database, settings_for
+from tests.support.helpers import content_mode_settings, with_subscribers
 
 MODES = ("summary", "full", "title")
 
@@ -119,9 +119,9 @@ def test_older_stories_wait_for_the_next_issue_in_every_mode(tmp_path: Path, mod
 
 
 def test_create_issue_records_the_cut_story_and_says_so(tmp_path: Path) -> None:
-    settings = settings_for(tmp_path, NEWSLETTER_STORY_CONTENT="full")
-    engine = database(settings)
-    add_subscribers(engine, ["parent@example.org"])
+    settings, engine = with_subscribers(
+        tmp_path, ["parent@example.org"], NEWSLETTER_STORY_CONTENT="full"
+    )
     feed = Feed(title="AASR", link="https://endseclusion.org", stories=[huge_story()])
     created = create_issue(engine, settings, feed)
     assert created.issue is not None

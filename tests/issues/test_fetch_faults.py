@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -89,33 +90,41 @@ HOME = b"""<!DOCTYPE html><html lang="en-US"><head><title>AASR</title>
 PLAIN_HOME = b"<!DOCTYPE html><html><head><title>Home</title></head><body>Hi</body></html>"
 
 
-def test_a_home_page_with_a_feed_link_names_that_feed() -> None:
+def page_error(
+    page: bytes,
+    content_type: str,
+    path: str = "/feed/",
+    *,
+    ask: str | None = None,
+    load: Callable[[str], object] = fetch_feed,
+) -> tuple[pytest.ExceptionInfo[FeedError], str]:
+    """Serve `page` at `path` and read `ask` (by default that path) as the feed: the error,
+    and the URL of the server's /feed/, which a hint may name."""
     with FeedServer() as server:
-        server.route("/", body=HOME, content_type="text/html; charset=UTF-8")
+        server.route(path, body=page, content_type=content_type)
         with pytest.raises(FeedError) as error:
-            fetch_feed(server.url("/"))
-        one_line(error, "returned an HTML page, not a feed")
-        hint = error.value.hint or ""
-        assert "home page" in hint and f"NEWSLETTER_FEED_URL={server.url('/feed/')}" in hint
-        assert "comments" not in hint
+            load(server.url(path if ask is None else ask))
+        return error, server.url("/feed/")
+
+
+def test_a_home_page_with_a_feed_link_names_that_feed() -> None:
+    error, feed = page_error(HOME, "text/html; charset=UTF-8", "/")
+    one_line(error, "returned an HTML page, not a feed")
+    hint = error.value.hint or ""
+    assert "home page" in hint and f"NEWSLETTER_FEED_URL={feed}" in hint
+    assert "comments" not in hint
 
 
 def test_a_home_page_without_a_feed_link_suggests_slash_feed() -> None:
-    with FeedServer() as server:
-        server.route("/", body=PLAIN_HOME, content_type="text/html")
-        with pytest.raises(FeedError) as error:
-            fetch_feed(server.url(""))  # no path at all: still the home page
-        one_line(error, "HTML page")
-        hint = error.value.hint or ""
-        assert "home page" in hint and f"{server.url('/feed/')}" in hint
+    error, feed = page_error(PLAIN_HOME, "text/html", "/", ask="")  # no path: still the home page
+    one_line(error, "HTML page")
+    hint = error.value.hint or ""
+    assert "home page" in hint and feed in hint
 
 
 def test_another_page_with_a_feed_link_names_it_absolute() -> None:
     page = HOME.replace(b'href="/feed/"', b'href="https://endseclusion.org/feed/"')
-    with FeedServer() as server:
-        server.route("/about/", body=page, content_type="text/html")
-        with pytest.raises(FeedError) as error:
-            fetch_feed(server.url("/about/"))
+    error, _ = page_error(page, "text/html", "/about/")
     hint = error.value.hint or ""
     assert hint.startswith("The page names its feed")
     assert "NEWSLETTER_FEED_URL=https://endseclusion.org/feed/" in hint
@@ -125,30 +134,20 @@ def test_a_hostile_feed_link_is_never_suggested() -> None:
     page = HOME.replace(b'href="/feed/"', b'href="javascript:alert(1)"').replace(
         b"/comments/feed/", b"data:text/html,x"
     )
-    with FeedServer() as server:
-        server.route("/x/", body=page, content_type="text/html")
-        with pytest.raises(FeedError) as error:
-            fetch_feed(server.url("/x/"))
+    error, _ = page_error(page, "text/html", "/x/")
     hint = error.value.hint or ""
     assert "javascript" not in hint and "data:" not in hint and "challenge" in hint
 
 
 def test_a_challenge_page_keeps_its_hint() -> None:
-    page = (FEEDS / "challenge.html").read_bytes()
-    with FeedServer() as server:
-        server.route("/feed/", body=page, content_type="text/html")
-        with pytest.raises(FeedError) as error:
-            fetch_feed(server.url("/feed/"))
+    error, _ = page_error((FEEDS / "challenge.html").read_bytes(), "text/html")
     assert "challenge" in (error.value.hint or "")
 
 
 def test_a_home_page_served_as_xml_is_caught_by_the_parser_with_the_same_hint() -> None:
-    with FeedServer() as server:
-        server.route("/", body=HOME, content_type="application/xml")
-        with pytest.raises(FeedError) as error:
-            load_feed(server.url("/"))
-        one_line(error, "returned an HTML page")
-        assert f"NEWSLETTER_FEED_URL={server.url('/feed/')}" in (error.value.hint or "")
+    error, feed = page_error(HOME, "application/xml", "/", load=load_feed)
+    one_line(error, "returned an HTML page")
+    assert f"NEWSLETTER_FEED_URL={feed}" in (error.value.hint or "")
     with pytest.raises(FeedError) as error:
         parse_feed(HOME, base_url="saved-home.html")  # a file: nothing to resolve against
     assert "NEWSLETTER_FEED_URL" not in (error.value.hint or "")
@@ -157,6 +156,20 @@ def test_a_home_page_served_as_xml_is_caught_by_the_parser_with_the_same_hint() 
 # ---- a feed URL without its scheme ---------------------------------------------------
 
 
+@pytest.fixture
+def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty current folder: a relative feed source names no file by accident."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def fetch_error(source: str) -> pytest.ExceptionInfo[FeedError]:
+    with pytest.raises(FeedError) as error:
+        fetch_feed(source)
+    return error
+
+
+@pytest.mark.usefixtures("here")
 @pytest.mark.parametrize(
     "given",
     [
@@ -166,40 +179,27 @@ def test_a_home_page_served_as_xml_is_caught_by_the_parser_with_the_same_hint() 
         "news.example.co.uk/rss",
     ],
 )
-def test_a_url_without_a_scheme_is_named_as_such(
-    given: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(FeedError) as error:
-        fetch_feed(given)
+def test_a_url_without_a_scheme_is_named_as_such(given: str) -> None:
+    error = fetch_error(given)
     message = one_line(error)
     assert message == f"{given} is not a file here; did you mean https://{given} ?"
     assert "scheme" in (error.value.hint or "")
 
 
 def test_a_host_and_port_without_a_scheme() -> None:
-    with pytest.raises(FeedError) as error:
-        fetch_feed("localhost:8000/feed")
-    assert one_line(error) == (
+    assert one_line(fetch_error("localhost:8000/feed")) == (
         "localhost:8000/feed has no scheme and is no file path; "
         "did you mean http://localhost:8000/feed ?"
     )
 
 
+@pytest.mark.usefixtures("here")
 @pytest.mark.parametrize("given", ["feed.xml", "feeds/site.rss", "nope"])
-def test_a_missing_file_is_still_a_missing_file(
-    given: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(FeedError) as error:
-        fetch_feed(given)
-    assert one_line(error).startswith("Feed file not found")
+def test_a_missing_file_is_still_a_missing_file(given: str) -> None:
+    assert one_line(fetch_error(given)).startswith("Feed file not found")
 
 
-def test_a_file_whose_name_looks_like_a_host_is_still_read(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "endseclusion.org").mkdir()
-    (tmp_path / "endseclusion.org" / "feed").write_bytes(RSS_290)
+def test_a_file_whose_name_looks_like_a_host_is_still_read(here: Path) -> None:
+    (here / "endseclusion.org").mkdir()
+    (here / "endseclusion.org" / "feed").write_bytes(RSS_290)
     assert fetch_feed("endseclusion.org/feed").data == RSS_290

@@ -26,6 +26,7 @@ from newsletter.issues.render import (
     split_placeholder,
 )
 from newsletter.issues.templating import builtin_templates_dir, template_env
+from tests.support.helpers import feed_story
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden"
 
@@ -193,19 +194,8 @@ def test_stories_newest_first_with_image_alt(settings: Settings) -> None:
 
 
 def test_feed_story_objects_render(settings: Settings) -> None:
-    from newsletter.issues.feed import FeedStory
-
-    story = FeedStory(
-        uid="guid:1",
-        title="From the feed",
-        link="https://endseclusion.org/feed-story/",
-        guid="1",
-        author=None,
-        summary_html="<p>Hello.</p>",
-        content_html="",
-        image_url=None,
-        image_alt=None,
-        published_at=None,
+    story = feed_story(
+        "From the feed", link="https://endseclusion.org/feed-story/", summary_html="<p>Hello.</p>"
     )
     issue = render(settings, [story])
     assert issue.subject == "From the feed"

@@ -21,7 +21,7 @@ from newsletter.config import Settings, load_settings
 from newsletter.issues.feed import FeedStory
 from newsletter.issues.render import render_issue
 from newsletter.mail.message import MessageTemplate, message_date
-from tests.support.helpers import BASE_ENV
+from tests.support.helpers import BASE_ENV, feed_story
 
 #: Every header an issue email carries without DKIM, each exactly once.
 EXPECTED_HEADERS = {
@@ -77,9 +77,7 @@ HOSTILE = [
 
 hostile_text = st.one_of(
     st.sampled_from(HOSTILE),
-    st.lists(st.one_of(st.sampled_from(HOSTILE), st.text(max_size=8)), max_size=12).map(
-        "".join
-    ),
+    st.lists(st.one_of(st.sampled_from(HOSTILE), st.text(max_size=8)), max_size=12).map("".join),
     st.text(max_size=60),
     st.builds(
         lambda c, n: c * n,
@@ -94,18 +92,7 @@ def _settings(tmp_path: Path) -> Settings:
 
 
 def _story(title: str, author: str) -> FeedStory:
-    return FeedStory(
-        uid="guid:1",
-        title=title,
-        link="https://endseclusion.org/story/",
-        guid="1",
-        author=author,
-        summary_html="<p>A story.</p>",
-        content_html="",
-        image_url=None,
-        image_alt=None,
-        published_at=datetime(2026, 1, 2, tzinfo=UTC),
-    )
+    return feed_story(title, author=author, published_at=datetime(2026, 1, 2, tzinfo=UTC))
 
 
 def build_message(

@@ -9,16 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from newsletter.db import open_database
 from tests.support.feedserver import FeedServer
-from tests.support.helpers import (
-    BASE_ENV,
-    SAMPLE_FEED,
-    add_subscribers,
-    database_url,
-    many,
-    table_dump,
-)
+from tests.support.helpers import SAMPLE_FEED, many, site_database, table_dump, write_site
 from tests.support.helpers import run_cli as run
 from tests.support.smtpserver import SMTPServer
 
@@ -29,23 +21,12 @@ pytestmark = pytest.mark.usefixtures("db_backend")
 def site(tmp_path: Path) -> Path:
     """A working folder as a user would have it: .env, the feed, a database with readers."""
     shutil.copy(SAMPLE_FEED, tmp_path / "feed.xml")
-    lines = [f'{k}="{v}"' for k, v in BASE_ENV.items()]
-    lines.append("NEWSLETTER_FEED_URL=feed.xml")
-    lines.append("NEWSLETTER_OUTBOX=outbox")  # asked for on purpose: never a silent fallback
-    lines.append(f"NEWSLETTER_DATABASE_URL={database_url(tmp_path)}")
-    (tmp_path / ".env").write_text("\n".join(lines) + "\n")
-    engine = open_database(database_url(tmp_path))
-    add_subscribers(engine, many(4))
-    engine.dispose()
-    return tmp_path
+    return write_site(tmp_path, "feed.xml")
 
 
 def dump(site: Path) -> dict[str, list[tuple[object, ...]]]:
-    engine = open_database(database_url(site))
-    try:
+    with site_database(site) as engine:
         return table_dump(engine)
-    finally:
-        engine.dispose()
 
 
 def assert_clean_error(result: subprocess.CompletedProcess[str], *words: str) -> None:

@@ -18,16 +18,15 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from newsletter.db import open_database
 from newsletter.models import Issue, IssueStatus, Story, StoryState, table_of
 from tests.support.helpers import (
-    BASE_ENV,
     ROOT,
     add_subscribers,
     backend,
-    database_url,
     many,
     run_cli,
+    send_env,
+    site_database,
 )
 from tests.support.smtpserver import SMTPServer
 
@@ -56,22 +55,15 @@ def write_feed(path: Path, titles: list[str]) -> None:
 
 @pytest.fixture
 def site(tmp_path: Path) -> Path:
-    engine = open_database(database_url(tmp_path))
-    add_subscribers(engine, READERS)
-    engine.dispose()
+    with site_database(tmp_path) as engine:
+        add_subscribers(engine, READERS)
     write_feed(tmp_path / "feed.xml", TITLES)
     return tmp_path
 
 
 def env_for(site: Path, server: SMTPServer, **more: str) -> dict[str, str]:
-    return {
-        **BASE_ENV,
-        "NEWSLETTER_FEED_URL": str(site / "feed.xml"),
-        "NEWSLETTER_DATABASE_URL": database_url(site),
-        "NEWSLETTER_SMTP_URL": server.url,
-        "NEWSLETTER_ISSUE_PER": "story",
-        **more,
-    }
+    """`send_env` with one issue per story."""
+    return send_env(site, server, **{"NEWSLETTER_ISSUE_PER": "story", **more})
 
 
 def received(server: SMTPServer) -> Counter[tuple[str, str]]:
@@ -82,25 +74,17 @@ def received(server: SMTPServer) -> Counter[tuple[str, str]]:
 
 
 def issues(site: Path) -> list[tuple[int, str, str]]:
-    engine = open_database(database_url(site))
-    try:
-        with engine.connect() as conn:
-            table = table_of(Issue)
-            query = sa.select(table.c.id, table.c.subject, table.c.status).order_by(table.c.id)
-            return [(int(i), str(s), str(st)) for i, s, st in conn.execute(query)]
-    finally:
-        engine.dispose()
+    with site_database(site) as engine, engine.connect() as conn:
+        table = table_of(Issue)
+        query = sa.select(table.c.id, table.c.subject, table.c.status).order_by(table.c.id)
+        return [(int(i), str(s), str(st)) for i, s, st in conn.execute(query)]
 
 
 def new_stories(site: Path) -> int:
-    engine = open_database(database_url(site))
-    try:
-        with engine.connect() as conn:
-            table = table_of(Story)
-            query = sa.select(sa.func.count()).where(table.c.state == StoryState.NEW)
-            return int(conn.execute(query).scalar_one())
-    finally:
-        engine.dispose()
+    with site_database(site) as engine, engine.connect() as conn:
+        table = table_of(Story)
+        query = sa.select(sa.func.count()).where(table.c.state == StoryState.NEW)
+        return int(conn.execute(query).scalar_one())
 
 
 def test_three_new_stories_make_three_issues_each_reader_gets_each_once(

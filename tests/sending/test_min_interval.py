@@ -30,13 +30,14 @@ from newsletter.models import (
 )
 from newsletter.settingvalues import parse_interval
 from tests.support.helpers import (
-    BASE_ENV,
     NEXT_FEED,
     SAMPLE_FEED,
     add_subscribers,
     database_url,
     many,
     run_cli,
+    send_env,
+    site_database,
     table_dump,
 )
 from tests.support.smtpserver import SMTPServer
@@ -46,42 +47,23 @@ READERS = many(3)
 
 @pytest.fixture
 def site(tmp_path: Path) -> Path:
-    engine = open_database(database_url(tmp_path))
-    add_subscribers(engine, READERS)
-    engine.dispose()
+    with site_database(tmp_path) as engine:
+        add_subscribers(engine, READERS)
     shutil.copy(SAMPLE_FEED, tmp_path / "feed.xml")
     return tmp_path
-
-
-def env_for(site: Path, server: SMTPServer, **more: str) -> dict[str, str]:
-    return {
-        **BASE_ENV,
-        "NEWSLETTER_FEED_URL": str(site / "feed.xml"),
-        "NEWSLETTER_DATABASE_URL": database_url(site),
-        "NEWSLETTER_SMTP_URL": server.url,
-        **more,
-    }
 
 
 def age_issues(site: Path, age: timedelta) -> datetime:
     """Move every issue's creation back to `age` ago (the clock moved forward); returns it."""
     when = (datetime.now(UTC) - age).replace(microsecond=0)
-    engine = open_database(database_url(site))
-    try:
-        with engine.begin() as conn:
-            conn.execute(sa.update(table_of(Issue)).values(created_at=when))
-    finally:
-        engine.dispose()
+    with site_database(site) as engine, engine.begin() as conn:
+        conn.execute(sa.update(table_of(Issue)).values(created_at=when))
     return when
 
 
 def count(site: Path, query: sa.Select[Any]) -> int:
-    engine = open_database(database_url(site))
-    try:
-        with engine.connect() as conn:
-            return int(conn.execute(query).scalar_one())
-    finally:
-        engine.dispose()
+    with site_database(site) as engine, engine.connect() as conn:
+        return int(conn.execute(query).scalar_one())
 
 
 def issue_count(site: Path) -> int:
@@ -97,7 +79,7 @@ def new_story_count(site: Path) -> int:
 def test_no_new_issue_before_the_interval_then_one_as_soon_as_it_passed(
     site: Path, smtp_server: SMTPServer
 ) -> None:
-    env = env_for(site, smtp_server)
+    env = send_env(site, smtp_server)
     first = run_cli(site, "send", "--min-interval", "7d", **env)  # no issue yet: not held back
     assert first.returncode == 0, first.stdout + first.stderr
     assert issue_count(site) == 1
@@ -138,7 +120,7 @@ def test_no_new_issue_before_the_interval_then_one_as_soon_as_it_passed(
 def test_the_setting_gives_the_cadence_and_the_option_overrides_it(
     site: Path, smtp_server: SMTPServer
 ) -> None:
-    env = env_for(site, smtp_server, NEWSLETTER_MIN_INTERVAL="12h")
+    env = send_env(site, smtp_server, NEWSLETTER_MIN_INTERVAL="12h")
     assert run_cli(site, "send", **env).returncode == 0
     shutil.copy(NEXT_FEED, site / "feed.xml")
     age_issues(site, timedelta(hours=5, minutes=30))
@@ -156,22 +138,19 @@ def test_the_setting_gives_the_cadence_and_the_option_overrides_it(
 def test_an_unfinished_issue_is_finished_whatever_the_interval(
     site: Path, smtp_server: SMTPServer
 ) -> None:
-    env = env_for(site, smtp_server)
+    env = send_env(site, smtp_server)
     assert run_cli(site, "send", **env).returncode == 0
     smtp_server.clear()
-    engine = open_database(database_url(site))  # as a run stopped half-way leaves it
-    try:
-        with engine.begin() as conn:
-            delivery, issue = table_of(Delivery), table_of(Issue)
-            first_id = sa.select(sa.func.min(delivery.c.id)).scalar_subquery()
-            conn.execute(
-                sa.update(delivery)
-                .where(delivery.c.id != first_id)
-                .values(status=DeliveryStatus.PENDING)
-            )
-            conn.execute(sa.update(issue).values(status=IssueStatus.SENDING))
-    finally:
-        engine.dispose()
+    # as a run stopped half-way leaves it
+    with site_database(site) as engine, engine.begin() as conn:
+        delivery, issue = table_of(Delivery), table_of(Issue)
+        first_id = sa.select(sa.func.min(delivery.c.id)).scalar_subquery()
+        conn.execute(
+            sa.update(delivery)
+            .where(delivery.c.id != first_id)
+            .values(status=DeliveryStatus.PENDING)
+        )
+        conn.execute(sa.update(issue).values(status=IssueStatus.SENDING))
     shutil.copy(NEXT_FEED, site / "feed.xml")
     resumed = run_cli(site, "send", "--min-interval", "7d", **env)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
@@ -184,7 +163,7 @@ def test_an_unfinished_issue_is_finished_whatever_the_interval(
 def test_with_issue_per_story_the_interval_spaces_the_runs_not_the_issues(
     site: Path, smtp_server: SMTPServer
 ) -> None:
-    env = env_for(site, smtp_server, NEWSLETTER_ISSUE_PER="story", NEWSLETTER_MIN_INTERVAL="1d")
+    env = send_env(site, smtp_server, NEWSLETTER_ISSUE_PER="story", NEWSLETTER_MIN_INTERVAL="1d")
     first = run_cli(site, "send", "--max-stories", "3", **env)
     assert first.returncode == 0, first.stdout + first.stderr
     assert issue_count(site) == 3  # one run: three issues, the interval not between them
@@ -241,7 +220,7 @@ def test_bad_intervals_are_one_line_errors_naming_the_forms(tmp_path: Path, valu
 def test_bad_interval_on_the_command_line_or_in_the_setting(
     site: Path, smtp_server: SMTPServer
 ) -> None:
-    env = env_for(site, smtp_server)
+    env = send_env(site, smtp_server)
     before = table_dump(open_database(database_url(site)))
     option = run_cli(site, "send", "--min-interval", "weekly", **env)
     assert option.returncode == 2  # a usage error, as click's

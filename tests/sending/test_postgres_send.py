@@ -29,7 +29,14 @@ from newsletter.sending.policy import Policy
 from newsletter.sending.registry import WorkerRegistry
 from newsletter.sending.run import SendOptions, run_send
 from newsletter.status import status_report
-from tests.support.helpers import add_subscribers, database, deliveries, many, settings_for
+from tests.support.helpers import (
+    add_subscribers,
+    database,
+    deliveries,
+    many,
+    settings_for,
+    with_subscribers,
+)
 
 pytestmark = [
     pytest.mark.usefixtures("db_backend"),
@@ -76,9 +83,7 @@ def _make_issue(engine: Engine, settings, readers: int):  # type: ignore[no-unty
 
 
 def test_two_sends_at_once_share_one_issue_exactly_once(tmp_path: Path) -> None:
-    settings = settings_for(tmp_path)
-    engine = database(settings)
-    add_subscribers(engine, many(600))
+    settings, engine = with_subscribers(tmp_path, many(600))
     transports = [
         MemoryTransport(responder=lambda *a: (time.sleep(0.001), Reply(250, "OK"))[1])
         for _ in range(3)

@@ -12,7 +12,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -25,16 +24,19 @@ from newsletter.models import DeliveryStatus
 from newsletter.sending.policy import IN_FLIGHT_PER_CONNECTION
 from tests.support.helpers import (
     BASE_ENV,
+    NEWSLETTER_COMMAND,
     SAMPLE_FEED,
     add_subscribers,
+    cli_env,
     database_url,
     deliveries,
     many,
+    run_process,
+    site_database,
     start_send,
 )
 from tests.support.smtpserver import SMTPServer
 
-ROOT = Path(__file__).resolve().parents[2]
 READERS = 120
 CONNECTIONS = 4
 #: The most deliveries one killed send can leave `sending` (then `unknown`).
@@ -45,23 +47,19 @@ pytestmark = pytest.mark.usefixtures("db_backend")
 
 
 def _env(site: Path, server: SMTPServer) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
-    env.update(BASE_ENV)
-    env.update(
+    return cli_env(
+        **BASE_ENV,
         NEWSLETTER_FEED_URL=str(SAMPLE_FEED),
         NEWSLETTER_DATABASE_URL=database_url(site),
         NEWSLETTER_SMTP_URL=server.url,
         NEWSLETTER_SMTP_CONNECTIONS=str(CONNECTIONS),
-        PYTHONPATH=str(ROOT),
     )
-    return env
 
 
 @pytest.fixture
 def site(tmp_path: Path) -> Path:
-    engine = open_database(database_url(tmp_path))
-    add_subscribers(engine, many(READERS))
-    engine.dispose()
+    with site_database(tmp_path) as engine:
+        add_subscribers(engine, many(READERS))
     return tmp_path
 
 
@@ -77,15 +75,7 @@ def test_kill_9_mid_send_then_resume_sends_each_reader_at_most_once(
     time.sleep(0.5)  # its workers notice the parent is gone and finish what they hold
     server.configure(data_delay=0.0)
 
-    again = subprocess.run(
-        [sys.executable, "-m", "newsletter", "send"],
-        cwd=site,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    again = run_process([*NEWSLETTER_COMMAND, "send"], site, env)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "Resumed issue 1" in again.stdout
 
@@ -128,15 +118,7 @@ def _open_left(engine: sa.Engine) -> int:
 
 
 def _send_to_the_end(site: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "newsletter", "send"],
-        cwd=site,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    return run_process([*NEWSLETTER_COMMAND, "send"], site, env, timeout=300)
 
 
 def kill_at_random_points(tmp_path: Path, make_smtp_server, kills: int, seed: int) -> None:  # type: ignore[no-untyped-def]

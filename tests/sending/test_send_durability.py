@@ -17,13 +17,13 @@ import sqlalchemy as sa
 
 from newsletter.mail.transport import MemoryTransport, Reply
 from newsletter.sending.run import SendOptions, run_send
-from tests.support.helpers import add_subscribers, database, many, settings_for
+from tests.support.helpers import many, with_subscribers
 
 
 def test_sqlite_ledger_commits_are_full_sync_from_the_first_mark(tmp_path: Path) -> None:
-    settings = settings_for(tmp_path, NEWSLETTER_DATABASE_URL=f"sqlite:///{tmp_path / 'n.db'}")
-    engine = database(settings)
-    add_subscribers(engine, many(20))
+    settings, engine = with_subscribers(
+        tmp_path, many(20), NEWSLETTER_DATABASE_URL=f"sqlite:///{tmp_path / 'n.db'}"
+    )
     log: list[tuple[int, str]] = []
 
     @sa.event.listens_for(engine, "connect")
@@ -54,9 +54,7 @@ def test_sqlite_ledger_commits_are_full_sync_from_the_first_mark(tmp_path: Path)
 
 
 def test_a_message_is_handed_over_only_after_its_mark_is_committed(tmp_path: Path) -> None:
-    settings = settings_for(tmp_path)
-    engine = database(settings)
-    add_subscribers(engine, many(40))
+    settings, engine = with_subscribers(tmp_path, many(40))
     seen: list[str] = []
 
     def responder(mail_from: str, rcpt: str, data: bytes) -> Reply:

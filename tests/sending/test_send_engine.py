@@ -24,6 +24,7 @@ from tests.support.helpers import (
     many,
     settings_for,
     table_dump,
+    with_subscribers,
 )
 
 pytestmark = pytest.mark.usefixtures("db_backend")
@@ -40,9 +41,7 @@ def _send(engine, settings, transport, **options):  # type: ignore[no-untyped-de
 
 
 def test_first_send_then_nothing_new_then_only_the_new_stories(tmp_path: Path) -> None:
-    settings = settings_for(tmp_path)
-    engine = database(settings)
-    add_subscribers(engine, many(7))
+    settings, engine = with_subscribers(tmp_path, many(7))
     transport = MemoryTransport()
 
     first = _send(engine, settings, transport)
@@ -65,9 +64,7 @@ def test_first_send_then_nothing_new_then_only_the_new_stories(tmp_path: Path) -
 
 
 def test_max_stories_caps_the_first_issue_and_records_the_rest(tmp_path: Path) -> None:
-    settings = settings_for(tmp_path)
-    engine = database(settings)
-    add_subscribers(engine, many(1))
+    settings, engine = with_subscribers(tmp_path, many(1))
     result = _send(engine, settings, MemoryTransport(), max_stories=3)
     assert len(result.stories) == 3
     assert any("left out" in note for note in result.notes)
@@ -76,9 +73,7 @@ def test_max_stories_caps_the_first_issue_and_records_the_rest(tmp_path: Path) -
 
 
 def test_min_stories_holds_the_issue_back(tmp_path: Path) -> None:
-    settings = settings_for(tmp_path)
-    engine = database(settings)
-    add_subscribers(engine, many(2))
+    settings, engine = with_subscribers(tmp_path, many(2))
     transport = MemoryTransport()
     result = _send(engine, settings, transport, min_stories=50)
     assert not result.issues and len(transport.sent) == 0
@@ -89,9 +84,7 @@ def test_min_stories_holds_the_issue_back(tmp_path: Path) -> None:
 
 
 def test_baseline_records_without_sending(tmp_path: Path) -> None:
-    settings = settings_for(tmp_path)
-    engine = database(settings)
-    add_subscribers(engine, many(3))
+    settings, engine = with_subscribers(tmp_path, many(3))
     transport = MemoryTransport()
     result = _send(engine, settings, transport, baseline=True)
     assert "Recorded 10 stories" in result.notes[0]
@@ -100,9 +93,7 @@ def test_baseline_records_without_sending(tmp_path: Path) -> None:
 
 
 def test_dry_run_writes_nothing_and_sends_nothing(tmp_path: Path) -> None:
-    settings = settings_for(tmp_path)
-    engine = database(settings)
-    add_subscribers(engine, many(3))
+    settings, engine = with_subscribers(tmp_path, many(3))
     before = table_dump(engine)
     transport = MemoryTransport()
     result = _send(engine, settings, transport, dry_run=True)
@@ -121,9 +112,7 @@ def test_no_subscribers_keeps_the_stories_for_later(tmp_path: Path) -> None:
 
 
 def test_only_active_subscribers_are_mailed(tmp_path: Path) -> None:
-    settings = settings_for(tmp_path)
-    engine = database(settings)
-    add_subscribers(engine, ["on@example.org"])
+    settings, engine = with_subscribers(tmp_path, ["on@example.org"])
     for status in (
         SubscriberStatus.UNSUBSCRIBED,
         SubscriberStatus.BOUNCED,
@@ -137,9 +126,7 @@ def test_only_active_subscribers_are_mailed(tmp_path: Path) -> None:
 
 
 def test_unsubscribe_during_the_send_takes_effect(tmp_path: Path) -> None:
-    settings = settings_for(tmp_path)
-    engine = database(settings)
-    add_subscribers(engine, many(5))
+    settings, engine = with_subscribers(tmp_path, many(5))
     leaver = many(5)[4]
 
     def responder(mail_from: str, rcpt: str, data: bytes) -> Reply:
@@ -157,9 +144,7 @@ def test_unsubscribe_during_the_send_takes_effect(tmp_path: Path) -> None:
 
 
 def test_resume_after_interruption_sends_each_subscriber_once(tmp_path: Path) -> None:
-    settings = settings_for(tmp_path)
-    engine = database(settings)
-    add_subscribers(engine, many(20))
+    settings, engine = with_subscribers(tmp_path, many(20))
     calls = {"n": 0}
 
     def flaky(mail_from: str, rcpt: str, data: bytes) -> Reply:
@@ -185,9 +170,7 @@ def test_resume_after_interruption_sends_each_subscriber_once(tmp_path: Path) ->
 
 
 def test_crash_leftovers_become_unknown_not_pending(tmp_path: Path) -> None:
-    settings = settings_for(tmp_path)
-    engine = database(settings)
-    add_subscribers(engine, many(3))
+    settings, engine = with_subscribers(tmp_path, many(3))
     _send(engine, settings, MemoryTransport())
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE delivery SET status='sending' WHERE id=1"))
@@ -196,9 +179,7 @@ def test_crash_leftovers_become_unknown_not_pending(tmp_path: Path) -> None:
 
 
 def test_retry_unknown_resends_on_purpose(tmp_path: Path) -> None:
-    settings = settings_for(tmp_path)
-    engine = database(settings)
-    add_subscribers(engine, many(3))
+    settings, engine = with_subscribers(tmp_path, many(3))
     _send(engine, settings, MemoryTransport())
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE delivery SET status='unknown' WHERE id=2"))
@@ -210,9 +191,7 @@ def test_retry_unknown_resends_on_purpose(tmp_path: Path) -> None:
 
 @SQLITE_ONLY  # PostgreSQL: a second send helps instead (test_postgres_send.py)
 def test_a_second_send_is_told_another_is_in_progress(tmp_path: Path) -> None:
-    settings = settings_for(tmp_path)
-    engine = database(settings)
-    add_subscribers(engine, many(2))
+    settings, engine = with_subscribers(tmp_path, many(2))
     with SendLockHolder(engine), pytest.raises(SendInProgress, match="another send"):
         _send(engine, settings, MemoryTransport())
     # Released: the next run works.
@@ -221,9 +200,7 @@ def test_a_second_send_is_told_another_is_in_progress(tmp_path: Path) -> None:
 
 @SQLITE_ONLY  # PostgreSQL: a second send helps instead (test_postgres_send.py)
 def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path: Path) -> None:
-    settings = settings_for(tmp_path)
-    engine = database(settings)
-    add_subscribers(engine, many(2))
+    settings, engine = with_subscribers(tmp_path, many(2))
     holder = SendLockHolder(engine)
     holder.pid = 2**22 + 12345  # no such process
     holder.acquire()
@@ -236,9 +213,7 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path: Path) -> None:
 @SQLITE_ONLY
 def test_a_lock_of_a_same_named_host_is_not_taken_over_by_its_pid(tmp_path: Path) -> None:
     """Same host name, a pid that is dead here, another machine's pid space: its lease rules."""
-    settings = settings_for(tmp_path)
-    engine = database(settings)
-    add_subscribers(engine, many(2))
+    settings, engine = with_subscribers(tmp_path, many(2))
     holder = SendLockHolder(engine)
     holder.pid = 2**22 + 12345  # no such process here; alive on the other machine
     holder.pid_space = "another-machine-boot:4026531836"
@@ -249,9 +224,7 @@ def test_a_lock_of_a_same_named_host_is_not_taken_over_by_its_pid(tmp_path: Path
 
 
 def test_rate_limit_spaces_messages(tmp_path: Path) -> None:
-    settings = settings_for(tmp_path, NEWSLETTER_SEND_RATE="50")
-    engine = database(settings)
-    add_subscribers(engine, many(10))
+    settings, engine = with_subscribers(tmp_path, many(10), NEWSLETTER_SEND_RATE="50")
     transport = MemoryTransport()
     result = _send(engine, settings, transport)
     assert result.issues[0].report.sent == 10
@@ -278,9 +251,7 @@ def test_a_huge_issue_keeps_older_stories_for_the_next_one(tmp_path: Path) -> No
         f"<link>https://endseclusion.org</link>{items}</channel></rss>",
         encoding="utf-8",
     )
-    settings = settings_for(tmp_path)
-    engine = database(settings)
-    add_subscribers(engine, many(1))
+    settings, engine = with_subscribers(tmp_path, many(1))
     transport = MemoryTransport()
     first = _send(engine, settings, transport, max_stories=60)
     assert any("kept for the next issue" in note for note in first.notes)

@@ -17,7 +17,7 @@ from newsletter.models import DeliveryStatus, SubscriberStatus
 from newsletter.sending.dispatch import ServerSilent
 from newsletter.sending.outcomes import BREAKER_FAILURES, RefusedNotRecipient, TooManyRefusals
 from newsletter.sending.run import SendOptions, run_send
-from tests.support.helpers import add_subscribers, database, deliveries, many, settings_for
+from tests.support.helpers import deliveries, many, with_subscribers
 from tests.support.smtpserver import SMTPServer
 
 pytestmark = pytest.mark.usefixtures("db_backend")
@@ -26,9 +26,7 @@ pytestmark = pytest.mark.usefixtures("db_backend")
 def _setup(tmp_path: Path, server: SMTPServer | None, emails: list[str], **env: str):  # type: ignore[no-untyped-def]
     if server is not None:
         env = {"NEWSLETTER_SMTP_URL": server.url, **env}
-    settings = settings_for(tmp_path, **env)
-    engine = database(settings)
-    add_subscribers(engine, emails)
+    settings, engine = with_subscribers(tmp_path, emails, **env)
     return settings, engine
 
 

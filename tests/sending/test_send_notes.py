@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from newsletter.db import open_database
-from tests.support.helpers import BASE_ENV, add_subscribers, database_url, many
+from tests.support.helpers import BASE_ENV, add_subscribers, database_url, many, site_database
 from tests.support.helpers import run_cli as run
 
 PARAGRAPH = (
@@ -31,9 +30,8 @@ def test_a_story_cut_to_fit_is_named_in_the_output(tmp_path: Path) -> None:
     lines += ["NEWSLETTER_FEED_URL=feed.xml", "NEWSLETTER_OUTBOX=outbox"]
     lines += ["NEWSLETTER_STORY_CONTENT=full", f"NEWSLETTER_DATABASE_URL={database_url(tmp_path)}"]
     (tmp_path / ".env").write_text("\n".join(lines) + "\n")
-    engine = open_database(database_url(tmp_path))
-    add_subscribers(engine, many(2))
-    engine.dispose()
+    with site_database(tmp_path) as engine:
+        add_subscribers(engine, many(2))
 
     preview = run(tmp_path, "send", "--preview", "preview.html")
     assert preview.returncode == 0, preview.stderr

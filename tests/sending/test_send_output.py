@@ -10,15 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from newsletter.db import open_database
 from tests.support.helpers import (
-    BASE_ENV,
     SAMPLE_FEED,
-    add_subscribers,
-    database_url,
     deliveries,
     many,
     one_error_line,
+    site_database,
+    write_site,
 )
 from tests.support.helpers import run_cli as run
 from tests.support.smtpserver import SMTPServer
@@ -33,23 +31,12 @@ ELAPSED = r"in (\d+(\.\d)? s|\d+ min \d+ s|\d+ h \d+ min)"
 def site(tmp_path: Path) -> Path:
     """A working folder: .env, the feed as a file, a database with four readers."""
     shutil.copy(SAMPLE_FEED, tmp_path / "feed.xml")
-    lines = [f'{k}="{v}"' for k, v in BASE_ENV.items()]
-    lines += ["NEWSLETTER_FEED_URL=feed.xml", "NEWSLETTER_OUTBOX=outbox"]
-    lines.append(f"NEWSLETTER_DATABASE_URL={database_url(tmp_path)}")
-    (tmp_path / ".env").write_text("\n".join(lines) + "\n")
-    engine = open_database(database_url(tmp_path))
-    add_subscribers(engine, many(4))
-    engine.dispose()
-    return tmp_path
+    return write_site(tmp_path, "feed.xml")
 
 
 def statuses(site: Path) -> dict[str, str]:
-    engine = open_database(database_url(site))
-    try:
+    with site_database(site) as engine:
         return deliveries(engine)
-    finally:
-        engine.dispose()
-
 
 
 def test_a_successful_send_writes_nothing_to_stderr(site: Path, smtp_server: SMTPServer) -> None:

@@ -13,17 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from newsletter.db import open_database
 from tests.support.feedserver import FeedServer
-from tests.support.helpers import (
-    BASE_ENV,
-    SAMPLE_FEED,
-    add_subscribers,
-    database_url,
-    many,
-    one_error_line,
-    table_dump,
-)
+from tests.support.helpers import SAMPLE_FEED, one_error_line, site_database, table_dump, write_site
 from tests.support.helpers import run_cli as run
 from tests.support.smtpserver import SMTPServer
 
@@ -42,14 +33,7 @@ def feed_server() -> Iterator[FeedServer]:
 @pytest.fixture
 def site(tmp_path: Path, feed_server: FeedServer) -> Path:
     """A working folder whose feed is served over HTTP, with four readers."""
-    lines = [f'{k}="{v}"' for k, v in BASE_ENV.items()]
-    lines += [f"NEWSLETTER_FEED_URL={feed_server.url('/feed/')}", "NEWSLETTER_OUTBOX=outbox"]
-    lines.append(f"NEWSLETTER_DATABASE_URL={database_url(tmp_path)}")
-    (tmp_path / ".env").write_text("\n".join(lines) + "\n")
-    engine = open_database(database_url(tmp_path))
-    add_subscribers(engine, many(4))
-    engine.dispose()
-    return tmp_path
+    return write_site(tmp_path, feed_server.url("/feed/"))
 
 
 @pytest.fixture
@@ -64,12 +48,8 @@ def sent_site(site: Path) -> Path:
 
 
 def dump(site: Path) -> dict[str, list[tuple[object, ...]]]:
-    engine = open_database(database_url(site))
-    try:
+    with site_database(site) as engine:
         return table_dump(engine)
-    finally:
-        engine.dispose()
-
 
 
 def down_url() -> str:

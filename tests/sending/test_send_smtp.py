@@ -7,19 +7,14 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import Engine
 
+from newsletter.config import Settings
 from newsletter.errors import SenderRejected, TransportError
 from newsletter.mail.transport import SMTPTransport
 from newsletter.models import DeliveryStatus, SubscriberStatus
 from newsletter.sending.run import SendOptions, run_send
-from tests.support.helpers import (
-    add_subscribers,
-    database,
-    deliveries,
-    many,
-    settings_for,
-    subscriber_status,
-)
+from tests.support.helpers import deliveries, many, subscriber_status, with_subscribers
 from tests.support.smtpserver import SMTPServer
 
 pytestmark = pytest.mark.usefixtures("db_backend")
@@ -30,11 +25,10 @@ def _told(result) -> str:  # type: ignore[no-untyped-def]
     return " ".join([*result.notes, getattr(result, "nothing_new", None) or ""])
 
 
-def _setup(tmp_path: Path, server: SMTPServer, emails: list[str], **env: str):  # type: ignore[no-untyped-def]
-    settings = settings_for(tmp_path, NEWSLETTER_SMTP_URL=server.url, **env)
-    engine = database(settings)
-    add_subscribers(engine, emails)
-    return settings, engine
+def _setup(
+    tmp_path: Path, server: SMTPServer, emails: list[str], **env: str
+) -> tuple[Settings, Engine]:
+    return with_subscribers(tmp_path, emails, NEWSLETTER_SMTP_URL=server.url, **env)
 
 
 def _run(engine, settings, **options):  # type: ignore[no-untyped-def]
@@ -192,9 +186,7 @@ def test_server_down_is_one_error_and_deliveries_stay_pending(tmp_path: Path) ->
     probe = SMTPServer().start()
     url = probe.url
     probe.stop()  # nothing listens there any more
-    settings = settings_for(tmp_path, NEWSLETTER_SMTP_URL=url)
-    engine = database(settings)
-    add_subscribers(engine, many(3))
+    settings, engine = with_subscribers(tmp_path, many(3), NEWSLETTER_SMTP_URL=url)
     result = _run(engine, settings)
     assert isinstance(result.error, TransportError)
     assert "refused" in result.error.message
@@ -222,9 +214,7 @@ def test_wrong_password_is_a_clear_error(tmp_path: Path, make_smtp_server, monke
     server = make_smtp_server(tls="starttls", auth=("news", "right"), auth_required=True)
     monkeypatch.setenv("SSL_CERT_FILE", str(server.ca_file))
     url = server.url.replace(":right@", ":wrong@")
-    settings = settings_for(tmp_path, NEWSLETTER_SMTP_URL=url)
-    engine = database(settings)
-    add_subscribers(engine, many(2))
+    settings, engine = with_subscribers(tmp_path, many(2), NEWSLETTER_SMTP_URL=url)
     result = _run(engine, settings)
     assert isinstance(result.error, TransportError)
     assert "refused the login" in result.error.message

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 from newsletter.db import (
     _head_from_files,
-    alembic_config,
     current_revision,
     head_revision,
     open_database,
 )
-from tests.support.helpers import BASE_ENV, SAMPLE_FEED, add_subscribers, many
+from tests.support.helpers import (
+    BASE_ENV,
+    SAMPLE_FEED,
+    add_subscribers,
+    downgrade_to,
+    many,
+    run_cli,
+)
 from tests.support.smtpserver import SMTPServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,13 +45,8 @@ def test_opening_a_migrated_database_does_not_import_alembic(tmp_path: Path) -> 
 
 
 def test_a_database_behind_the_head_is_still_migrated(tmp_path: Path) -> None:
-    from alembic import command
-
     engine = open_database(f"sqlite:///{tmp_path / 'old.db'}")
-    cfg = alembic_config(engine)
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0001")
+    downgrade_to(engine, "0001")
     assert current_revision(engine) == "0001"
     engine.dispose()
     engine = open_database(f"sqlite:///{tmp_path / 'old.db'}")
@@ -58,21 +58,14 @@ def test_send_verbose_prints_each_phase(tmp_path: Path, smtp_server: SMTPServer)
     engine = open_database(f"sqlite:///{tmp_path / 'news.db'}")
     add_subscribers(engine, many(3))
     engine.dispose()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
-    env.update(
-        BASE_ENV,
+    done = run_cli(
+        tmp_path,
+        "send",
+        "-v",
+        **BASE_ENV,
         NEWSLETTER_FEED_URL=str(SAMPLE_FEED),
         NEWSLETTER_DATABASE_URL=f"sqlite:///{tmp_path / 'news.db'}",
         NEWSLETTER_SMTP_URL=smtp_server.url,
-        PYTHONPATH=str(ROOT),
-    )
-    done = subprocess.run(
-        [sys.executable, "-m", "newsletter", "send", "-v"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     for name in (

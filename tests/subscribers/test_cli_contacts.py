@@ -6,7 +6,6 @@ import csv
 import io
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from newsletter.cli.contacts import PROGRESS_FROM_ROWS, ImportProgress, format_p
 from newsletter.db import open_database
 from newsletter.subscribers.csvformats import estimate_rows
 from newsletter.subscribers.importer import CHECKING, WRITING, import_contacts
-from tests.support.helpers import database_url
+from tests.support.helpers import NEWSLETTER_COMMAND, cli_env, database_url, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "contacts.csv"
@@ -127,18 +126,7 @@ def test_forget_asks_first(run) -> None:
 
 
 def _process(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    env["NEWSLETTER_DATABASE_URL"] = database_url(tmp_path, "t.db")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    return subprocess.run(
-        [sys.executable, "-m", "newsletter", *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_cli(tmp_path, *args, NEWSLETTER_DATABASE_URL=database_url(tmp_path, "t.db"))
 
 
 def test_real_process_bad_file(tmp_path: Path) -> None:
@@ -229,12 +217,11 @@ def test_real_process_import_on_a_terminal_shows_a_bar_that_ends_at_100(tmp_path
     path.write_text(
         "email\n" + "".join(f"u{i}@example.org\n" for i in range(rows)), encoding="utf-8"
     )
-    env = dict(os.environ, NEWSLETTER_DATABASE_URL=database_url(tmp_path, "t.db"))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env = cli_env(NEWSLETTER_DATABASE_URL=database_url(tmp_path, "t.db"))
     master, slave = pty.openpty()
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "newsletter", "import", str(path)],
+            [*NEWSLETTER_COMMAND, "import", str(path)],
             cwd=tmp_path,
             env=env,
             stdout=subprocess.PIPE,

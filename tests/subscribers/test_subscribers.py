@@ -26,14 +26,9 @@ from newsletter.subscribers.manage import (
     remove_subscriber,
     unsubscribe_by_token,
 )
-from tests.support.helpers import database_url, settings_for
+from tests.support.helpers import settings_for
 
 pytestmark = pytest.mark.usefixtures("db_backend")
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Engine:
-    return open_database(database_url(tmp_path, "t.db"))
 
 
 def get(engine: Engine, key: str) -> Subscriber | None:

@@ -111,6 +111,13 @@ def describe_failures(failures: Mapping[str, Mapping[str, list[dict[str, Any]]]]
     return "\n".join(out)
 
 
+def assert_email_passes_axe(page: Page, screenshot: str, label: str) -> None:
+    """`check_page` for an email opened in `page` (the rules that cannot apply to an email
+    off): no failure at any width or scheme, else each one described under `label`."""
+    failures = check_page(page, screenshot, EMAIL_INAPPLICABLE)
+    assert not failures, describe_failures({label: failures})
+
+
 def _overflow(width: int, limit: int) -> dict[str, Any]:
     return {
         "id": "horizontal-scroll",

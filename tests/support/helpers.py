@@ -9,9 +9,13 @@ import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from subprocess import CompletedProcess, Popen
+from typing import TYPE_CHECKING, NamedTuple
 
 import pytest
 import sqlalchemy as sa
@@ -20,9 +24,17 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from sqlalchemy.engine import Engine
 
 from newsletter.config import Settings, load_settings
-from newsletter.db import open_database, write_session
+from newsletter.db import alembic_config, open_database, write_session
 from newsletter.errors import FeedError
+from newsletter.issues.feed import FeedStory
 from newsletter.models import Subscriber, SubscriberStatus
+from newsletter.sending.run import SendOptions, run_send
+
+if TYPE_CHECKING:
+    from email.message import EmailMessage
+
+    from tests.support.smtphandler import ReceivedMessage
+    from tests.support.smtpserver import SMTPServer
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SAMPLE_FEED = EXAMPLES / "aasr-feed.xml"
@@ -78,6 +90,15 @@ def database(settings: Settings) -> Engine:
     return open_database(settings.database_url)
 
 
+def with_subscribers(tmp_path: Path, emails: list[str], **env: str) -> tuple[Settings, Engine]:
+    """A test's settings (`settings_for`) and its database holding one active subscriber
+    per address."""
+    settings = settings_for(tmp_path, **env)
+    engine = database(settings)
+    add_subscribers(engine, emails)
+    return settings, engine
+
+
 def add_subscribers(
     engine: Engine,
     emails: list[str],
@@ -98,6 +119,64 @@ def add_subscribers(
                     token=secrets.token_urlsafe(16),
                 )
             )
+
+
+class SentToOne(NamedTuple):
+    settings: Settings
+    engine: Engine
+    received: ReceivedMessage
+
+
+def send_to_one_reader(tmp_path: Path, smtp: SMTPServer, reader: str, **env: str) -> SentToOne:
+    """The test feed's issue, sent by run_send to one subscriber through the real SMTP server:
+    the email as a reader, a spam filter or a browser gets it."""
+    settings, engine = with_subscribers(tmp_path, [reader], NEWSLETTER_SMTP_URL=smtp.url, **env)
+    assert run_send(engine, settings, SendOptions()).error is None
+    [received] = smtp.wait_for(1)
+    return SentToOne(settings, engine, received)
+
+
+def html_and_text(message: EmailMessage) -> tuple[str, str]:
+    """The HTML and the plain-text part of a multipart/alternative email; both must be there."""
+    html, text = message.get_body(("html",)), message.get_body(("plain",))
+    assert html is not None and text is not None
+    return html.get_content(), text.get_content()
+
+
+def write_site(folder: Path, feed_url: str) -> Path:
+    """A working folder as a user has it, for `newsletter` run there: a .env naming the feed,
+    the outbox and the test's database, and that database with four readers."""
+    lines = [f'{k}="{v}"' for k, v in BASE_ENV.items()]
+    lines.append(f"NEWSLETTER_FEED_URL={feed_url}")
+    lines.append("NEWSLETTER_OUTBOX=outbox")  # asked for on purpose: never a silent fallback
+    lines.append(f"NEWSLETTER_DATABASE_URL={database_url(folder)}")
+    (folder / ".env").write_text("\n".join(lines) + "\n")
+    with site_database(folder) as engine:
+        add_subscribers(engine, many(4))
+    return folder
+
+
+@contextmanager
+def site_database(site: Path) -> Iterator[Engine]:
+    """The database of a site folder, disposed of afterwards: the CLI in another process
+    uses the same file, and a test must not hold its connections open."""
+    engine = open_database(database_url(site))
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def send_env(site: Path, smtp: SMTPServer, **more: str) -> dict[str, str]:
+    """The settings of a `newsletter send` over the real SMTP server for a site folder whose
+    feed is its feed.xml, on the test's database."""
+    return {
+        **BASE_ENV,
+        "NEWSLETTER_FEED_URL": str(site / "feed.xml"),
+        "NEWSLETTER_DATABASE_URL": database_url(site),
+        "NEWSLETTER_SMTP_URL": smtp.url,
+        **more,
+    }
 
 
 def many(n: int, domain: str = "example.org") -> list[str]:
@@ -133,15 +212,19 @@ def subscriber_status(engine: Engine, email: str) -> str:
 ROOT = EXAMPLES.parent
 
 
-def run_cli(cwd: Path, *args: str, timeout: float = 120, **env: str) -> CompletedProcess[str]:
-    """`python -m newsletter ARGS` as a user runs it: a real process, this checkout's code,
-    no NEWSLETTER_* settings from the outer environment but those given."""
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
-    environ.update(env, PYTHONPATH=str(ROOT))
+#: `python -m newsletter` with this interpreter: the CLI as a user runs it, from this checkout.
+NEWSLETTER_COMMAND = (sys.executable, "-m", "newsletter")
+
+
+def run_process(
+    command: Sequence[str], cwd: Path, env: Mapping[str, str], *, timeout: float = 120
+) -> CompletedProcess[str]:
+    """A real process in `cwd` with exactly `env`, its stdout and stderr collected as text.
+    A non-zero exit is returned, not raised: the tests assert on it."""
     return subprocess.run(
-        [sys.executable, "-m", "newsletter", *args],
+        list(command),
         cwd=cwd,
-        env=environ,
+        env=dict(env),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -149,10 +232,35 @@ def run_cli(cwd: Path, *args: str, timeout: float = 120, **env: str) -> Complete
     )
 
 
+def cli_env(**env: str) -> dict[str, str]:
+    """The outer environment without its NEWSLETTER_* settings, plus `env`, with this
+    checkout's code on PYTHONPATH."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    environ.update(env, PYTHONPATH=str(ROOT))
+    return environ
+
+
+def run_cli(cwd: Path, *args: str, timeout: float = 120, **env: str) -> CompletedProcess[str]:
+    """`python -m newsletter ARGS` as a user runs it: a real process, this checkout's code,
+    no NEWSLETTER_* settings from the outer environment but those given."""
+    return run_process([*NEWSLETTER_COMMAND, *args], cwd, cli_env(**env), timeout=timeout)
+
+
+def downgrade_to(engine: Engine, revision: str) -> None:
+    """Take the database back to `revision` ("base": empty) with Alembic, as an older
+    release left it."""
+    from alembic import command  # only the migration tests pay for importing Alembic
+
+    config = alembic_config(engine)
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, revision)
+
+
 def start_send(site: Path, env: dict[str, str]) -> Popen[str]:
     """A `newsletter send` running in the background (for kill -9 and overlap tests)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "newsletter", "send"],
+        [*NEWSLETTER_COMMAND, "send"],
         cwd=site,
         env=env,
         stdout=subprocess.PIPE,
@@ -197,6 +305,44 @@ def dkim_record(path: Path) -> str:
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     return f"v=DKIM1; k=rsa; p={base64.b64encode(der).decode()}"
+
+
+def feed_story(
+    title: str,
+    *,
+    link: str = "https://endseclusion.org/story/",
+    author: str | None = None,
+    summary_html: str = "<p>A story.</p>",
+    published_at: datetime | None = None,
+) -> FeedStory:
+    """One story as the feed parser hands it on (guid "1", no content, no image)."""
+    return FeedStory(
+        uid="guid:1",
+        title=title,
+        link=link,
+        guid="1",
+        author=author,
+        summary_html=summary_html,
+        content_html="",
+        image_url=None,
+        image_alt=None,
+        published_at=published_at,
+    )
+
+
+@dataclass(frozen=True)
+class PlainStory:
+    """A story as the web archive and older callers pass it to render_issue: the fields the
+    renderer reads, none of FeedStory's."""
+
+    title: str
+    link: str | None
+    author: str | None
+    summary_html: str
+    content_html: str
+    image_url: str | None
+    image_alt: str | None
+    published_at: datetime | None
 
 
 def content_mode_settings(tmp_path: Path, mode: str | None = None) -> Settings:

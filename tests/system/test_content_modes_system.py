@@ -19,16 +19,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from newsletter.sending.run import SendOptions, run_send
-from tests.support.a11y import (
-    EMAIL_INAPPLICABLE,
-    PHONE,
-    check_page,
-    describe_failures,
-    file_url,
-    placeholder_svg,
-)
-from tests.support.helpers import add_subscribers, database, settings_for
+from tests.support.a11y import PHONE, assert_email_passes_axe, file_url, placeholder_svg
+from tests.support.helpers import html_and_text, send_to_one_reader
 from tests.support.smtpserver import SMTPServer
 from tests.system.test_spam import MAX_SCORE, needs_spamassassin, spamassassin
 
@@ -51,16 +43,8 @@ class Sent:
 def send_with_content(tmp_path: Path, smtp: SMTPServer, mode: str) -> Sent:
     """The WordPress feed's issue in `mode`, sent by run_send through the real SMTP server."""
     shutil.copy(FEED, tmp_path / "feed.xml")  # settings_for keeps a feed.xml already there
-    settings = settings_for(tmp_path, NEWSLETTER_SMTP_URL=smtp.url, NEWSLETTER_STORY_CONTENT=mode)
-    engine = database(settings)
-    add_subscribers(engine, [READER])
-    result = run_send(engine, settings, SendOptions())
-    assert result.error is None
-    [received] = smtp.wait_for(1)
-    message = received.parsed()
-    html, text = message.get_body(("html",)), message.get_body(("plain",))
-    assert html is not None and text is not None
-    return Sent(received.data, html.get_content(), text.get_content())
+    received = send_to_one_reader(tmp_path, smtp, READER, NEWSLETTER_STORY_CONTENT=mode).received
+    return Sent(received.data, *html_and_text(received.parsed()))
 
 
 @pytest.fixture
@@ -97,8 +81,7 @@ def test_the_full_email_does_not_scroll_sideways_and_passes_axe(
 ) -> None:
     assert "survey.groupby" in full_email.html and "<table" in full_email.html
     _open(axe_page, tmp_path, full_email.html)
-    failures = check_page(axe_page, "content-full-email", EMAIL_INAPPLICABLE)
-    assert not failures, describe_failures({"full email": failures})
+    assert_email_passes_axe(axe_page, "content-full-email", "full email")
     axe_page.set_viewport_size(PHONE)
     wide = axe_page.evaluate(
         """() => [...document.querySelectorAll('.content *')]
@@ -119,8 +102,7 @@ def test_the_title_only_email_passes_axe(
 ) -> None:
     sent = send_with_content(tmp_path, smtp_server, "title")
     _open(axe_page, tmp_path, sent.html)
-    failures = check_page(axe_page, "content-title-email", EMAIL_INAPPLICABLE)
-    assert not failures, describe_failures({"title email": failures})
+    assert_email_passes_axe(axe_page, "content-title-email", "title email")
 
 
 def test_the_full_email_stays_under_gmails_clipping_size(full_email: Sent) -> None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import sqlalchemy as sa
-from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlmodel import SQLModel
 
 import newsletter.models  # noqa: F401  (registers the tables)
-from newsletter.db import alembic_config, current_revision, head_revision, open_database
+from newsletter.db import current_revision, head_revision, open_database
+from tests.support.helpers import downgrade_to
 
 
 def test_fresh_database_is_migrated_to_head(tmp_path: Path) -> None:
@@ -24,10 +24,7 @@ def test_fresh_database_is_migrated_to_head(tmp_path: Path) -> None:
 
 def test_migrations_go_down_and_up_again(tmp_path: Path) -> None:
     engine = open_database(f"sqlite:///{tmp_path / 'cycle.db'}")
-    cfg = alembic_config(engine)
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "base")
+    downgrade_to(engine, "base")
     assert sa.inspect(engine).get_table_names() == ["alembic_version"]
     engine = open_database(f"sqlite:///{tmp_path / 'cycle.db'}")
     assert "delivery" in sa.inspect(engine).get_table_names()

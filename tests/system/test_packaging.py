@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.helpers import run_process
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # one import name per runtime dependency in pyproject.toml
@@ -141,14 +143,7 @@ def test_built_wheel_renders_an_email(tmp_path: Path) -> None:
         "mods = {m: importlib.import_module(m).__file__ for m in sys.argv[1:]}\n"
         "print(json.dumps({'newsletter': newsletter.__file__, 'path': sys.path, 'deps': mods}))\n"
     )
-    where = subprocess.run(
-        [str(python), "-c", probe, *DEPENDENCY_MODULES],
-        cwd=site_dir,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    where = run_process([str(python), "-c", probe, *DEPENDENCY_MODULES], site_dir, env)
     assert where.returncode == 0, where.stdout + where.stderr
     seen = json.loads(where.stdout)
     # newsletter is the wheel's copy, never the source tree
@@ -162,15 +157,7 @@ def test_built_wheel_renders_an_email(tmp_path: Path) -> None:
     for module, file in seen["deps"].items():
         assert any(Path(file).resolve().is_relative_to(d) for d in running), (module, file)
     for args in (["subscribers", "add", "reader@example.org"], ["send"]):
-        done = subprocess.run(
-            [str(env_dir / "bin" / "newsletter"), *args],
-            cwd=site_dir,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        done = run_process([str(env_dir / "bin" / "newsletter"), *args], site_dir, env)
         assert done.returncode == 0, done.stdout + done.stderr
     emails = list((site_dir / "outbox").glob("*.eml"))
     assert len(emails) == 1

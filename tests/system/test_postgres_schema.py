@@ -5,16 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import sqlalchemy as sa
-from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlmodel import SQLModel
 
 import newsletter.models  # noqa: F401  (registers the tables)
-from newsletter.db import alembic_config, current_revision, head_revision, open_database
+from newsletter.db import current_revision, head_revision, open_database
 from newsletter.subscribers import importer
 from newsletter.subscribers.importer import import_contacts
 from newsletter.subscribers.manage import list_subscribers
+from tests.support.helpers import downgrade_to
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "contacts.csv"
 
@@ -30,10 +30,7 @@ def test_migrated_postgres_matches_the_models(postgres_url: str) -> None:
 
 def test_postgres_migrations_go_down_and_up_again(postgres_url: str) -> None:
     engine = open_database(postgres_url)
-    cfg = alembic_config(engine)
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "base")
+    downgrade_to(engine, "base")
     assert sa.inspect(engine).get_table_names() == ["alembic_version"]
     engine.dispose()
     engine = open_database(postgres_url)

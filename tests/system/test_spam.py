@@ -35,9 +35,8 @@ from pathlib import Path
 import pytest
 
 from newsletter.issues.render import CONTENT_LIMITS, SUMMARY_LIMITS, render_issue
-from newsletter.sending.run import SendOptions, run_send
 from newsletter.subscribers.signup import request_signup
-from tests.support.helpers import add_subscribers, database, settings_for
+from tests.support.helpers import PlainStory, database, send_to_one_reader, settings_for
 from tests.support.smtpserver import SMTPServer
 
 pytestmark = pytest.mark.slow
@@ -105,12 +104,7 @@ def spamassassin(message: bytes) -> Verdict:
 
 def _sent_issue(tmp_path: Path, smtp: SMTPServer) -> bytes:
     """The sample feed's issue as run_send delivered it through the real SMTP server."""
-    settings = settings_for(tmp_path, NEWSLETTER_SMTP_URL=smtp.url)
-    engine = database(settings)
-    add_subscribers(engine, [READER])
-    assert run_send(engine, settings, SendOptions()).error is None
-    [received] = smtp.wait_for(1)
-    return received.data
+    return send_to_one_reader(tmp_path, smtp, READER).received.data
 
 
 def _sent_confirmation(tmp_path: Path, smtp: SMTPServer) -> bytes:
@@ -163,20 +157,6 @@ def test_the_sample_issue_html_stays_under_gmails_clipping_size(
     assert len(html.encode("utf-8")) < HTML_LIMIT
 
 
-@dataclass
-class LongStory:
-    """A story at the render limits: long title, long URL, an image, a summary as long as kept."""
-
-    title: str
-    link: str
-    author: str | None
-    summary_html: str
-    content_html: str
-    image_url: str | None
-    image_alt: str | None
-    published_at: datetime | None
-
-
 def test_a_full_wordpress_feed_of_long_stories_stays_under_the_limit(tmp_path: Path) -> None:
     """WordPress feeds hold ten posts; ten at the longest summary kept still fit."""
     sentence = (
@@ -184,8 +164,9 @@ def test_a_full_wordpress_feed_of_long_stories_stays_under_the_limit(tmp_path: P
     )
     paragraph = "<p>" + sentence * 12 + "</p>"
     assert len(sentence * 12) > SUMMARY_LIMITS["max_chars"] > CONTENT_LIMITS["max_chars"]
+    # at the render limits: long title, long URL, an image, a summary as long as kept
     stories = [
-        LongStory(
+        PlainStory(
             title=f"Story {n}: " + "a long headline about seclusion in schools " * 4,
             link=f"https://endseclusion.org/2024/01/{n:02d}/" + "slug-words-" * 15,
             author="Guest Author",

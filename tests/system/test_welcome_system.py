@@ -12,17 +12,10 @@ from sqlmodel import select
 
 from newsletter.db import read_session
 from newsletter.models import Subscriber
-from newsletter.sending.run import SendOptions, run_send
 from newsletter.subscribers.signup import confirm_signup, request_signup
 from newsletter.subscribers.welcome import send_owed_welcomes
-from tests.support.a11y import (
-    EMAIL_INAPPLICABLE,
-    PHONE,
-    check_page,
-    describe_failures,
-    file_url,
-)
-from tests.support.helpers import add_subscribers, database, settings_for
+from tests.support.a11y import PHONE, assert_email_passes_axe, file_url
+from tests.support.helpers import send_to_one_reader
 from tests.support.smtphandler import ReceivedMessage
 from tests.support.smtpserver import SMTPServer
 from tests.system.test_spam import MAX_SCORE, needs_spamassassin, spamassassin
@@ -35,11 +28,7 @@ READER = "parent@example.org"
 
 def sent_welcome(tmp_path: Path, smtp: SMTPServer, **env: str) -> ReceivedMessage:
     """A confirmed signup's welcome, after one issue, through the real SMTP server."""
-    settings = settings_for(tmp_path, **{"NEWSLETTER_SMTP_URL": smtp.url, **env})
-    engine = database(settings)
-    add_subscribers(engine, ["old@example.org"])
-    assert run_send(engine, settings, SendOptions()).error is None
-    smtp.wait_for(1)
+    settings, engine, _ = send_to_one_reader(tmp_path, smtp, "old@example.org", **env)
     smtp.clear()
     request_signup(engine, settings, READER, send_now=False)
     with read_session(engine) as session:
@@ -90,8 +79,7 @@ def test_the_welcome_email_passes_axe_and_fits_a_phone(
         lambda route: route.abort() if route.request.url.startswith("http") else route.continue_(),
     )
     axe_page.goto(file_url(path))
-    failures = check_page(axe_page, f"welcome-email-{mode}", EMAIL_INAPPLICABLE)
-    assert not failures, describe_failures({"welcome email": failures})
+    assert_email_passes_axe(axe_page, f"welcome-email-{mode}", "welcome email")
     axe_page.set_viewport_size(PHONE)
     wide = axe_page.evaluate(
         """() => [...document.querySelectorAll('body *')]

@@ -13,12 +13,7 @@ import sqlalchemy as sa
 
 from newsletter.db import write_session
 from newsletter.mail.addresses import email_hash
-from newsletter.models import (
-    Subscriber,
-    SubscriberStatus,
-    Suppression,
-    utcnow,
-)
+from newsletter.models import Subscriber, SubscriberStatus, Suppression, utcnow
 from tests.support.helpers import add_subscribers
 from tests.support.smtpserver import SMTPServer
 from tests.support.webserver import WebServer
