@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from newsletter.cli import main
 from newsletter.mail.verp import envelope_sender
 from newsletter.sending.run import SendOptions, run_send
-from tests.bounces.test_bounces import (
+from tests.support.bouncesite import (
     BOUNCE_ENV,
     Site,
     cli,
@@ -29,7 +29,7 @@ from tests.bounces.test_bounces import (
     write_maildir,
     write_mbox,
 )
-from tests.support.helpers import add_subscribers, database, settings_for
+from tests.support.helpers import with_subscribers
 
 BOUNCES = "bounces@endseclusion.org"
 VICTIM = "victim@example.org"
@@ -110,9 +110,9 @@ def flipped(address: str) -> str:
 
 
 @pytest.fixture
-def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Site:
-    monkeypatch.chdir(tmp_path)
-    return sent_site(tmp_path, READERS)
+def readers() -> list[str]:
+    """The victim, the attacker and a bystander (for the `site` of conftest.py)."""
+    return READERS
 
 
 def verp(site: Site, email: str) -> str:
@@ -151,12 +151,7 @@ FORGERIES: dict[str, tuple[Forgery, Forgery, str]] = {
 
 
 def _events(site: Site) -> list[dict[str, object]]:
-    query = sa.text(
-        "SELECT kind, recipient, subscriber_id, delivery_id, matched_by FROM bounce_event"
-        " ORDER BY id"
-    )
-    with site.engine.connect() as conn:
-        return [dict(row._mapping) for row in conn.execute(query)]
+    return site.events("kind", "recipient", "subscriber_id", "delivery_id", "matched_by")
 
 
 def _statuses(site: Site) -> dict[str, str]:
@@ -321,9 +316,7 @@ class PlainSite(Site):
 @pytest.fixture
 def plain_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Site:
     monkeypatch.chdir(tmp_path)
-    settings = settings_for(tmp_path)
-    engine = database(settings)
-    add_subscribers(engine, READERS)
+    settings, engine = with_subscribers(tmp_path, READERS)
     assert run_send(engine, settings, SendOptions()).error is None
     return PlainSite(tmp_path, settings, engine)
 

@@ -28,10 +28,12 @@ from newsletter.bounces.dsn import MAX_FINDINGS, ParsedReport, UnreadableReport,
 from newsletter.bounces.record import MAX_MESSAGE_BYTES
 from newsletter.errors import NewsletterError
 from newsletter.mail.verp import envelope_sender
-from tests.bounces.test_bounces import (
+from tests.support.bouncesite import (
     FIXTURES,
+    MB,
     REPORTS,
     Site,
+    big_bounce,
     cli,
     report_numbers,
     sent_site,
@@ -39,7 +41,6 @@ from tests.bounces.test_bounces import (
     write_mbox,
 )
 
-MB = 1024 * 1024
 #: runs the real CLI, then prints its own peak resident memory (KiB) to stderr. VmHWM, not
 #: getrusage: Linux carries ru_maxrss over a (v)fork + exec, so the child would report pytest's.
 _PEAK = """\
@@ -80,25 +81,6 @@ def skipped_line(output: str) -> dict[str, int]:
         return {"not reports": 0, "unreadable": 0, "too large": 0}
     names = ("not reports", "unreadable", "too large")
     return dict(zip(names, map(int, found.groups()), strict=True))
-
-
-def big_bounce(size: int, *, name: str = "big") -> bytes:
-    """A bounce-shaped message carrying `size` bytes of base64 attachment."""
-    line = b"QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFB\n"
-    head = (
-        f"From: MAILER-DAEMON@mx.example.org\nSubject: Undelivered Mail Returned to Sender\n"
-        f"Message-ID: <{name}@mx.example.org>\nMIME-Version: 1.0\n"
-        'Content-Type: multipart/mixed; boundary="b"\n\n'
-        "--b\nContent-Type: text/plain\n\n550 5.1.1 <victim@example.org>: user unknown\n"
-        "--b\nContent-Type: application/octet-stream\nContent-Transfer-Encoding: base64\n\n"
-    ).encode()
-    return head + line * (size // len(line)) + b"--b--\n"
-
-
-@pytest.fixture
-def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Site:
-    monkeypatch.chdir(tmp_path)
-    return sent_site(tmp_path)
 
 
 # ---- 11.14: a size cap per message ------------------------------------------------

@@ -1,181 +1,44 @@
 """`newsletter bounces import`: real-shaped reports through the CLI, the policy, idempotence.
 
-The first part is shared with test_bounces_imap.py: a site that has sent one
-issue, and fixture reports filled in. The fixtures in tests/data/bounces/ hold
-`{{VERP:address}}` and `{{MSGID:address}}` placeholders (see
-tests/data/bounces/README.md); `fill` replaces them with the VERP address and the
-Message-ID of that subscriber's delivery.
+The site that has sent one issue, and the fixture reports filled in for it, are in
+tests/support/bouncesite.py (shared with the other bounce tests); `site` is in conftest.py.
 """
 
 from __future__ import annotations
 
-import mailbox
-import re
 import shutil
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from click.testing import CliRunner, Result
-from sqlalchemy.engine import Engine
+from click.testing import CliRunner
 
 from newsletter.bounces.record import bounce_counts_by_issue
 from newsletter.cli import main
-from newsletter.config import Settings
 from newsletter.mail.verp import decode_token, envelope_sender
 from newsletter.sending.run import SendOptions, run_send
 from newsletter.subscribers.importer import import_contacts
-from tests.support.helpers import NEXT_FEED, add_subscribers, database, settings_for, table_dump
+from tests.support.bouncesite import (
+    BOUNCE_ENV,
+    EXPECTED,
+    READERS,
+    Site,
+    cli,
+    report_numbers,
+    write_maildir,
+    write_mbox,
+)
+from tests.support.helpers import NEXT_FEED, table_dump, with_subscribers
 from tests.support.smtpserver import SMTPServer
-
-FIXTURES = Path(__file__).resolve().parents[1] / "data" / "bounces"
-SECRET = "bounce-test-secret-0123456789"
-BOUNCE_ENV = {
-    "NEWSLETTER_BOUNCE_ADDRESS": "bounces@endseclusion.org",
-    "NEWSLETTER_SECRET_KEY": SECRET,
-}
-
-READERS = [
-    "gone.postfix@example.org",
-    "gone.exim@example.com",
-    "gone.gmail@gmail.com",
-    "gone.outlook@outlook.com",
-    "complainer@yahoo.com",
-    "full@example.org",
-    "strict@example.com",
-    "away@example.org",
-    "gone.qmail@example.net",
-    "victim@example.org",
-    "reader@example.org",
-]
-
-#: fixture -> (kind, subscriber it maps to or None, that subscriber's status afterwards)
-EXPECTED = {
-    "postfix-user-unknown.eml": ("hard", "gone.postfix@example.org", "bounced"),
-    "exim-no-such-user.eml": ("hard", "gone.exim@example.com", "bounced"),
-    "gmail-address-not-found.eml": ("hard", "gone.gmail@gmail.com", "bounced"),
-    # names its recipient but carries no token and no Message-ID of ours: anyone could forge it
-    "outlook-recipient-not-found.eml": ("hard", None, "active"),
-    "yahoo-arf-complaint.eml": ("complaint", "complainer@yahoo.com", "complained"),
-    "postfix-mailbox-full.eml": ("soft", "full@example.org", "active"),
-    "policy-dmarc-reject.eml": ("policy", "strict@example.com", "active"),
-    "out-of-office.eml": ("ignored", "away@example.org", "active"),
-    "qmail-verp-only.eml": ("hard", "gone.qmail@example.net", "bounced"),
-    "forged-verp-token.eml": ("hard", None, "active"),
-}
-REPORTS = list(EXPECTED)
-
-
-@dataclass
-class Site:
-    """A database with READERS, one issue sent to all of them (outbox), VERP on."""
-
-    path: Path
-    settings: Settings
-    engine: Engine
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {
-            "NEWSLETTER_FROM": "AASR <news@endseclusion.org>",
-            "NEWSLETTER_POSTAL_ADDRESS": "AASR, PO Box 1234, Springfield, VA 22150, USA",
-            "NEWSLETTER_BASE_URL": "https://news.endseclusion.org",
-            "NEWSLETTER_FEED_URL": str(self.path / "feed.xml"),
-            "NEWSLETTER_DATABASE_URL": self.settings.database_url,
-            "NEWSLETTER_OUTBOX": str(self.path / "outbox"),
-            "NEWSLETTER_RETRY_DELAYS": "0",
-            **BOUNCE_ENV,
-        }
-
-    def delivery(self, email: str, issue_id: int = 1) -> tuple[int, str]:
-        """(delivery id, Message-ID) of `email`'s delivery of an issue."""
-        query = sa.text(
-            "SELECT d.id, d.message_id FROM delivery d JOIN subscriber s ON s.id = d.subscriber_id"
-            " WHERE s.email = :e AND d.issue_id = :i"
-        )
-        with self.engine.connect() as conn:
-            row = conn.execute(query, {"e": email, "i": issue_id}).one()
-        return int(row[0]), str(row[1])
-
-    def fill(self, name: str, *, date: str | None = None, message_id: str | None = None) -> bytes:
-        """A fixture with its placeholders filled; optionally a new Date and Message-ID."""
-        text = (FIXTURES / name).read_text(encoding="utf-8")
-
-        def verp(match: re.Match[str]) -> str:
-            return envelope_sender(self.settings, self.delivery(match[1])[0])
-
-        def msgid(match: re.Match[str]) -> str:
-            return self.delivery(match[1])[1]
-
-        text = re.sub(r"\{\{VERP:([^}]+)\}\}", verp, text)
-        text = re.sub(r"\{\{MSGID:([^}]+)\}\}", msgid, text)
-        if date is not None:
-            text = re.sub(r"^Date: .*$", f"Date: {date}", text, count=1, flags=re.M)
-        if message_id is not None:
-            text = re.sub(
-                r"^Message-I[dD]: .*$", f"Message-ID: {message_id}", text, count=1, flags=re.M
-            )
-        return text.encode("utf-8")
-
-    def status(self, email: str) -> str:
-        with self.engine.connect() as conn:
-            return str(
-                conn.execute(
-                    sa.text("SELECT status FROM subscriber WHERE email = :e"), {"e": email}
-                ).scalar_one()
-            )
-
-
-def sent_site(tmp_path: Path, readers: list[str] = READERS) -> Site:
-    settings = settings_for(tmp_path, **BOUNCE_ENV)
-    engine = database(settings)
-    add_subscribers(engine, readers)
-    result = run_send(engine, settings, SendOptions())
-    assert result.error is None and result.issues[0].report.sent == len(readers)
-    return Site(tmp_path, settings, engine)
-
-
-def write_mbox(path: Path, messages: list[bytes]) -> Path:
-    box = mailbox.mbox(path)
-    for raw in messages:
-        box.add(raw)
-    box.flush()
-    box.close()
-    return path
-
-
-def write_maildir(path: Path, messages: list[bytes]) -> Path:
-    box = mailbox.Maildir(path, create=True)
-    for raw in messages:
-        box.add(raw)
-    return path
-
-
-def cli(site: Site, *args: str, **env: str) -> Result:
-    """Run `newsletter ARGS` as a user would (settings from the environment only)."""
-    return CliRunner().invoke(main, list(args), env={**site.env, **env})
-
-
-def report_numbers(output: str) -> dict[str, int]:
-    """'hard bounces:   2' -> {'hard bounces': 2} for every line of the printed report."""
-    return {m[1]: int(m[2]) for m in re.finditer(r"^([a-z (.)0-9]+):\s+(\d+)", output, re.M)}
-
-
-@pytest.fixture
-def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Site:
-    monkeypatch.chdir(tmp_path)  # no .env from elsewhere
-    return sent_site(tmp_path)
-
 
 # ---- the whole fixture set, through the CLI ----------------------------------
 
 
 @pytest.mark.parametrize("layout", ["mbox", "maildir"])
 def test_import_applies_the_policy_to_every_fixture(site: Site, layout: str) -> None:
-    messages = [site.fill(name) for name in REPORTS]
+    messages = site.filled_reports()
     writer = write_mbox if layout == "mbox" else write_maildir
     path = writer(site.path / f"bounces.{layout}", messages)
 
@@ -223,16 +86,13 @@ def test_import_applies_the_policy_to_every_fixture(site: Site, layout: str) -> 
 
 
 def _events(site: Site) -> list[dict[str, object]]:
-    query = sa.text(
-        "SELECT e.kind, e.recipient, e.issue_id, e.subscriber_id AS subscriber, e.status_code"
-        " FROM bounce_event e ORDER BY e.id"
+    return site.events(
+        "kind", "recipient", "issue_id", "subscriber_id AS subscriber", "status_code"
     )
-    with site.engine.connect() as conn:
-        return [dict(row._mapping) for row in conn.execute(query)]
 
 
 def test_importing_the_same_mailbox_again_changes_nothing(site: Site) -> None:
-    path = write_mbox(site.path / "b.mbox", [site.fill(name) for name in REPORTS])
+    path = write_mbox(site.path / "b.mbox", site.filled_reports())
     assert cli(site, "bounces", "import", str(path)).exit_code == 0
     before = table_dump(site.engine)
 
@@ -308,20 +168,19 @@ def _soft_reports(site: Site, days: list[int]) -> Path:
     return write_mbox(site.path / "soft.mbox", messages)
 
 
-def test_three_soft_bounces_within_30_days_suppress(site: Site) -> None:
+@pytest.mark.parametrize(
+    ("days", "suppressed", "status"),
+    [
+        pytest.param([0, 12, 29], 1, "bounced", id="within-30-days-suppress"),
+        pytest.param([0, 20, 40], 0, "active", id="over-40-days-do-not"),
+    ],
+)
+def test_three_soft_bounces(site: Site, days: list[int], suppressed: int, status: str) -> None:
     _three_issues(site)
-    result = cli(site, "bounces", "import", str(_soft_reports(site, [0, 12, 29])))
+    result = cli(site, "bounces", "import", str(_soft_reports(site, days)))
     numbers = report_numbers(result.output)
-    assert numbers["soft bounces"] == 3 and numbers["suppressed now"] == 1
-    assert site.status("full@example.org") == "bounced"
-
-
-def test_three_soft_bounces_over_40_days_do_not(site: Site) -> None:
-    _three_issues(site)
-    result = cli(site, "bounces", "import", str(_soft_reports(site, [0, 20, 40])))
-    numbers = report_numbers(result.output)
-    assert numbers["soft bounces"] == 3 and numbers["suppressed now"] == 0
-    assert site.status("full@example.org") == "active"
+    assert numbers["soft bounces"] == 3 and numbers["suppressed now"] == suppressed
+    assert site.status("full@example.org") == status
 
 
 def test_repeated_reports_of_one_delivery_count_once(site: Site) -> None:
@@ -348,7 +207,7 @@ def test_complaint_is_never_undone_by_a_contacts_import(site: Site) -> None:
 
 
 def test_the_next_send_mails_nobody_suppressed(site: Site) -> None:
-    path = write_maildir(site.path / "md", [site.fill(name) for name in REPORTS])
+    path = write_maildir(site.path / "md", site.filled_reports())
     assert cli(site, "bounces", "import", str(path)).exit_code == 0
     shutil.copy(NEXT_FEED, site.path / "feed.xml")
     shutil.rmtree(site.path / "outbox")
@@ -383,9 +242,12 @@ def test_a_path_that_is_no_mailbox_is_a_clean_error(site: Site) -> None:
 def test_mail_from_is_the_verp_address_of_each_delivery(
     tmp_path: Path, smtp_server: SMTPServer
 ) -> None:
-    settings = settings_for(tmp_path, NEWSLETTER_SMTP_URL=smtp_server.url, **BOUNCE_ENV)
-    engine = database(settings)
-    add_subscribers(engine, ["a@example.org", "b@example.org"])
+    settings, engine = with_subscribers(
+        tmp_path,
+        ["a@example.org", "b@example.org"],
+        NEWSLETTER_SMTP_URL=smtp_server.url,
+        **BOUNCE_ENV,
+    )
     assert run_send(engine, settings, SendOptions()).error is None
     site = Site(tmp_path, settings, engine)
     for received in smtp_server.messages:

@@ -10,16 +10,7 @@ import pytest
 import trustme
 
 from newsletter.bounces.record import MAX_MESSAGE_BYTES
-from tests.bounces.test_bounce_fuzz import MB, big_bounce
-from tests.bounces.test_bounces import (
-    EXPECTED,
-    FIXTURES,
-    REPORTS,
-    Site,
-    cli,
-    report_numbers,
-    sent_site,
-)
+from tests.support.bouncesite import EXPECTED, FIXTURES, MB, Site, big_bounce, cli, report_numbers
 from tests.support.imapserver import PASSWORD, DovecotServer, unavailable_reason
 
 
@@ -36,12 +27,6 @@ def dovecot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Dovecot
         server.stop()
 
 
-@pytest.fixture
-def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Site:
-    monkeypatch.chdir(tmp_path)
-    return sent_site(tmp_path)
-
-
 def _subjects(messages: list[bytes]) -> list[str]:
     return sorted(
         line.split(b":", 1)[1].strip().decode()
@@ -55,7 +40,7 @@ def test_fetch_processes_the_mailbox_and_moves_the_reports(
     site: Site, dovecot: DovecotServer
 ) -> None:
     person = (FIXTURES / "person-reply.eml").read_bytes()
-    dovecot.add([site.fill(name) for name in REPORTS] + [person])
+    dovecot.add([*site.filled_reports(), person])
 
     result = cli(site, "bounces", "fetch", NEWSLETTER_BOUNCE_IMAP_URL=dovecot.url)
 

@@ -12,8 +12,8 @@ from newsletter.bounces.dsn import classify, parse_report, status_code
 from newsletter.config import load_settings
 from newsletter.errors import ConfigError
 from newsletter.mail.verp import decode_token, envelope_sender, find_token, make_token
+from tests.support.bouncesite import FIXTURES
 
-FIXTURES = Path(__file__).resolve().parents[1] / "data" / "bounces"
 ENV = {
     "NEWSLETTER_FROM": "AASR <news@endseclusion.org>",
     "NEWSLETTER_BOUNCE_ADDRESS": "bounces@endseclusion.org",
