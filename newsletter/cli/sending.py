@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from newsletter.config import Settings
     from newsletter.sending.deliver import IssueResult
-    from newsletter.sending.run import SendOptions, SendResult
+    from newsletter.sending.options import SendOptions, SendResult
 
 
 @contextmanager
@@ -223,7 +223,8 @@ def send(
 
         app.settings = dataclasses.replace(app.settings, story_content=content.lower())
     from newsletter import phases
-    from newsletter.sending.run import SendOptions, check_settings, run_send
+    from newsletter.sending.options import SendOptions
+    from newsletter.sending.run import check_settings, run_send
 
     if verbose:
         phases.enable()

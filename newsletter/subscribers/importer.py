@@ -33,7 +33,8 @@ far it got. A dry run does both stages but only reads in the second, so its
 report is exact and it takes no write lock at all.
 
 This module is the entry point and the stage loop; the stages themselves live in
-`importstaging` (checking) and `importwriter` (writing), the report in `importreport`.
+`importstaging` (checking) and `importwriter` (writing), the report and the stage
+names in `importreport`: import each name from its own module.
 """
 
 from __future__ import annotations
@@ -49,53 +50,9 @@ import sqlalchemy as sa
 from newsletter.errors import NewsletterError
 from newsletter.models import utcnow
 from newsletter.subscribers.csvformats import ContactsFile, estimate_rows
-from newsletter.subscribers.importreport import (
-    CHECKING,
-    WRITING,
-    ImportReport,
-    Progress,
-    _rejects_writer,
-)
-from newsletter.subscribers.importstaging import (
-    STAGE_ROWS,
-    _check,
-    _Staging,
-    _time_format,
-    _token_stream,
-    new_tokens,
-)
-from newsletter.subscribers.importwriter import (
-    PAUSE,
-    _Batch,
-    _Forgotten,
-    _Merge,
-    _SQLiteWriter,
-    _Writer,
-)
-
-__all__ = [
-    "BATCH",
-    "BATCH_SECONDS",
-    "CHECKING",
-    "MAX_UNITS",
-    "PAUSE",
-    "STAGE_ROWS",
-    "WRITING",
-    "ImportIncomplete",
-    "ImportReport",
-    "Progress",
-    "_Batch",
-    "_Forgotten",
-    "_Merge",
-    "_SQLiteWriter",
-    "_Staging",
-    "_Writer",
-    "_rejects_writer",
-    "_time_format",
-    "_token_stream",
-    "import_contacts",
-    "new_tokens",
-]
+from newsletter.subscribers.importreport import WRITING, ImportReport, Progress, _rejects_writer
+from newsletter.subscribers.importstaging import _check, _Staging, _time_format
+from newsletter.subscribers.importwriter import _Forgotten, _SQLiteWriter, _Writer
 
 #: A write transaction holds a whole number of these rows (a kill leaves whole
 #: batches), and the checking stage reports progress every BATCH file rows.

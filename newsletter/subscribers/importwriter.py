@@ -328,7 +328,6 @@ _COPY = (
     " unsubscribe_method, created_at, updated_at, opt_in_at, confirmed_at, unsubscribed_at)"
     " FROM STDIN"
 )
-_Batch = _Writer  # the name tests/system/test_postgres_schema.py spies on (`_Batch._copy`)
 _TIMES = frozenset({"created_at", "updated_at", "opt_in_at", "confirmed_at", "unsubscribed_at"})
 
 

@@ -7,9 +7,9 @@ one email an hour (per mailbox: `name+anything@` counts as `name@`) and
 nothing more, and someone who unsubscribed earlier comes back only with their
 own consent.
 
-The email itself is sent off the request path (newsletter.subscribers.confirming,
-whose names are importable from here too): `newsletter serve` runs a
-`ConfirmationWorker` thread that drains the owed confirmations
+The email itself is sent off the request path, by
+newsletter.subscribers.confirming (import its names from there): `newsletter
+serve` runs a `ConfirmationWorker` thread that drains the owed confirmations
 (`send_owed_confirmations`) with retry and backoff, so a relay that hangs
 never stalls a page, `/health` or a one-click unsubscribe. A confirmation the
 recipient's server refuses for good (5.1.x, "no such user") is recorded on
@@ -50,33 +50,7 @@ from newsletter.errors import TokenError
 from newsletter.mail.addresses import clean_name, email_hash, normalise_address
 from newsletter.mail.transport import TransportFactory
 from newsletter.models import Subscriber, SubscriberStatus, Suppression, utcnow
-from newsletter.subscribers.confirming import (  # re-exported: the web edge, CLI and tests
-    CONFIRM_TTL as CONFIRM_TTL,
-)
-from newsletter.subscribers.confirming import (
-    MAX_ATTEMPTS as MAX_ATTEMPTS,
-)
-from newsletter.subscribers.confirming import (
-    ConfirmationWorker as ConfirmationWorker,
-)
-from newsletter.subscribers.confirming import (
-    DrainResult as DrainResult,
-)
-from newsletter.subscribers.confirming import (
-    OwedMail as OwedMail,
-)
-from newsletter.subscribers.confirming import (
-    confirm_url as confirm_url,
-)
-from newsletter.subscribers.confirming import (
-    next_owed_at as next_owed_at,
-)
-from newsletter.subscribers.confirming import (
-    send_owed_confirmations as send_owed_confirmations,
-)
-from newsletter.subscribers.confirming import (
-    send_owed_mail as send_owed_mail,
-)
+from newsletter.subscribers.confirming import CONFIRM_TTL, send_owed_confirmations
 from newsletter.subscribers.manage import new_token
 from newsletter.subscribers.welcome import (
     owe_welcome,

@@ -51,10 +51,9 @@ from newsletter.mail.dkim import load_key
 from newsletter.mail.transport import TransportFactory
 from newsletter.models import SubscriberStatus
 from newsletter.subscribers.confirmation import CONFIRM_BUTTON
+from newsletter.subscribers.confirming import CONFIRM_TTL, ConfirmationWorker
 from newsletter.subscribers.manage import unsubscribe_by_token
 from newsletter.subscribers.signup import (
-    CONFIRM_TTL,
-    ConfirmationWorker,
     ConfirmOutcome,
     SignupOutcome,
     confirm_signup,

@@ -19,7 +19,8 @@ from click.testing import CliRunner
 
 from newsletter.cli import main
 from newsletter.mail.verp import envelope_sender
-from newsletter.sending.run import SendOptions, run_send
+from newsletter.sending.options import SendOptions
+from newsletter.sending.run import run_send
 from tests.support.bouncesite import (
     BOUNCE_ENV,
     Site,

@@ -18,7 +18,8 @@ from click.testing import CliRunner
 from newsletter.bounces.record import bounce_counts_by_issue
 from newsletter.cli import main
 from newsletter.mail.verp import decode_token, envelope_sender
-from newsletter.sending.run import SendOptions, run_send
+from newsletter.sending.options import SendOptions
+from newsletter.sending.run import run_send
 from newsletter.subscribers.importer import import_contacts
 from tests.support.bouncesite import (
     BOUNCE_ENV,

@@ -151,12 +151,12 @@ def test_spelt_out_constants_agree_with_the_core() -> None:
     from newsletter.bounces.mailbox import DEFAULT_FOLDER
     from newsletter.cli import bounces, contacts
     from newsletter.models import SubscriberStatus
-    from newsletter.subscribers import importer
+    from newsletter.subscribers.importreport import CHECKING, WRITING
 
     assert tuple(contacts.SUBSCRIBER_STATUSES) == tuple(SubscriberStatus.ALL)
     assert bounces.DEFAULT_FOLDER == DEFAULT_FOLDER
     # the progress bar labels its stages by the importer's names, capitalised
-    assert (importer.CHECKING.capitalize(), importer.WRITING.capitalize()) == (
+    assert (CHECKING.capitalize(), WRITING.capitalize()) == (
         "Checking",
         "Writing",
     )

@@ -33,7 +33,8 @@ from newsletter.mail.dkim import (
     relaxed_header,
 )
 from newsletter.mail.message import MessageTemplate, message_date
-from newsletter.sending.run import SendOptions, run_send
+from newsletter.sending.options import SendOptions
+from newsletter.sending.run import run_send
 from tests.support.helpers import SAMPLE_FEED, add_subscribers, many, settings_for
 from tests.support.smtpserver import SMTPServer
 

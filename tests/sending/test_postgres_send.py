@@ -24,10 +24,11 @@ from newsletter.models import DeliveryStatus, utcnow
 from newsletter.sending.claims import Claims, reap
 from newsletter.sending.lease import pid_space
 from newsletter.sending.ledger import Ledger
+from newsletter.sending.options import SendOptions
 from newsletter.sending.pacing import SharedRateLimiter
 from newsletter.sending.policy import Policy
 from newsletter.sending.registry import WorkerRegistry
-from newsletter.sending.run import SendOptions, run_send
+from newsletter.sending.run import run_send
 from newsletter.status import status_report
 from tests.support.helpers import (
     add_subscribers,

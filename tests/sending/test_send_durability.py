@@ -16,7 +16,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from newsletter.mail.transport import MemoryTransport, Reply
-from newsletter.sending.run import SendOptions, run_send
+from newsletter.sending.options import SendOptions
+from newsletter.sending.run import run_send
 from tests.support.helpers import many, with_subscribers
 
 

@@ -14,8 +14,9 @@ from newsletter.errors import SendInProgress
 from newsletter.mail.transport import MemoryTransport, Reply
 from newsletter.models import DeliveryStatus, SubscriberStatus
 from newsletter.sending.lock import SendLockHolder
+from newsletter.sending.options import SendOptions
 from newsletter.sending.queue import recover
-from newsletter.sending.run import SendOptions, run_send
+from newsletter.sending.run import run_send
 from tests.support.helpers import (
     NEXT_FEED,
     add_subscribers,

@@ -15,8 +15,9 @@ import pytest
 from newsletter.mail.transport import MemoryTransport, Reply
 from newsletter.models import DeliveryStatus, SubscriberStatus
 from newsletter.sending.dispatch import ServerSilent
+from newsletter.sending.options import SendOptions
 from newsletter.sending.outcomes import BREAKER_FAILURES, RefusedNotRecipient, TooManyRefusals
-from newsletter.sending.run import SendOptions, run_send
+from newsletter.sending.run import run_send
 from tests.support.helpers import deliveries, many, with_subscribers
 from tests.support.smtpserver import SMTPServer
 

@@ -13,7 +13,8 @@ from newsletter.config import Settings
 from newsletter.errors import SenderRejected, TransportError
 from newsletter.mail.transport import SMTPTransport
 from newsletter.models import DeliveryStatus, SubscriberStatus
-from newsletter.sending.run import SendOptions, run_send
+from newsletter.sending.options import SendOptions
+from newsletter.sending.run import run_send
 from tests.support.helpers import deliveries, many, subscriber_status, with_subscribers
 from tests.support.smtpserver import SMTPServer
 

@@ -15,7 +15,8 @@ from newsletter.cli import main
 from newsletter.cli.contacts import PROGRESS_FROM_ROWS, ImportProgress, format_progress
 from newsletter.db import open_database
 from newsletter.subscribers.csvformats import estimate_rows
-from newsletter.subscribers.importer import CHECKING, WRITING, import_contacts
+from newsletter.subscribers.importer import import_contacts
+from newsletter.subscribers.importreport import CHECKING, WRITING
 from tests.support.helpers import NEWSLETTER_COMMAND, cli_env, database_url, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]

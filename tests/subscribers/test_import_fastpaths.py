@@ -18,9 +18,9 @@ from sqlalchemy.dialects import sqlite
 from newsletter.mail import addresses
 from newsletter.mail.addresses import clean_name
 from newsletter.models import UTCDateTime
-from newsletter.subscribers import importer
 from newsletter.subscribers.csvformats import map_columns
 from newsletter.subscribers.csvrows import read_contact, row_reader
+from newsletter.subscribers.importstaging import _time_format, new_tokens
 
 HEADERS = (
     ["Email Address", "First Name", "Last Name", "OPTIN_TIME", "CONFIRM_TIME", "CONFIRM_IP"],
@@ -76,7 +76,7 @@ def test_clean_name_fast_path_agrees_with_the_general_one(raw: str) -> None:
 
 
 def test_bulk_tokens_are_like_new_token() -> None:
-    tokens = importer.new_tokens(5000)
+    tokens = new_tokens(5000)
     assert len(tokens) == len(set(tokens)) == 5000
     for token in tokens[:50] + tokens[-50:]:
         assert len(token) == 22
@@ -94,4 +94,4 @@ def test_staged_times_are_what_sqlalchemy_stores(when: datetime) -> None:
     dialect = sqlite.dialect()
     bind = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
     assert bind is not None
-    assert importer._time_format(dialect)(when) == bind(when)
+    assert _time_format(dialect)(when) == bind(when)

@@ -20,6 +20,7 @@ from newsletter.errors import ImportFileError
 from newsletter.models import Subscriber, SubscriberStatus
 from newsletter.subscribers import importer
 from newsletter.subscribers.importer import import_contacts
+from newsletter.subscribers.importreport import CHECKING, WRITING
 from newsletter.subscribers.manage import (
     add_subscriber,
     forget_subscriber,
@@ -143,7 +144,7 @@ def test_interrupted_while_writing_keeps_whole_batches_and_resumes(
     writes: list[int] = []
 
     def progress(stage: str, done: int, total: int) -> None:
-        if stage == importer.WRITING:
+        if stage == WRITING:
             writes.append(done)
             if len(writes) == 2:
                 raise KeyboardInterrupt
@@ -172,7 +173,7 @@ def test_unsubscribe_between_batches_is_honoured(
     landed: list[str] = []
 
     def progress(stage: str, done: int, total: int) -> None:
-        if stage == importer.WRITING and not landed:
+        if stage == WRITING and not landed:
             sub = unsubscribe_by_token(engine, late.token, method="one-click")
             assert sub is not None
             landed.append(sub.status)
@@ -191,7 +192,7 @@ def test_address_forgotten_while_checking_is_not_stored(
     path = _numbered_file(tmp_path, 20)
 
     def progress(stage: str, done: int, total: int) -> None:
-        if stage == importer.CHECKING and done == 3:
+        if stage == CHECKING and done == 3:
             forget_subscriber(engine, "u10@example.org")
 
     report = import_contacts(engine, path, progress=progress)

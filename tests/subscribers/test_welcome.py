@@ -18,15 +18,13 @@ from newsletter.db import write_session
 from newsletter.errors import TemplateError
 from newsletter.issues.templating import builtin_templates_dir
 from newsletter.models import Subscriber, SubscriberStatus, utcnow
-from newsletter.sending.run import SendOptions, run_send
+from newsletter.sending.options import SendOptions
+from newsletter.sending.run import run_send
 from newsletter.status import status_report
 from newsletter.subscribers.confirmation import build_confirmation
+from newsletter.subscribers.confirming import send_owed_mail
 from newsletter.subscribers.manage import unsubscribe_by_token
-from newsletter.subscribers.signup import (
-    confirm_signup,
-    request_signup,
-    send_owed_mail,
-)
+from newsletter.subscribers.signup import confirm_signup, request_signup
 from newsletter.subscribers.welcome import (
     describe_interval,
     render_welcome,

@@ -20,7 +20,8 @@ from sqlalchemy.engine import Engine
 from newsletter.cli import main
 from newsletter.config import Settings
 from newsletter.mail.verp import envelope_sender
-from newsletter.sending.run import SendOptions, run_send
+from newsletter.sending.options import SendOptions
+from newsletter.sending.run import run_send
 from tests.support.helpers import with_subscribers
 
 MB = 1024 * 1024

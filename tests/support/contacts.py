@@ -14,7 +14,7 @@ from sqlmodel import select
 
 from newsletter.db import read_session
 from newsletter.models import Subscriber
-from newsletter.subscribers.importer import ImportReport
+from newsletter.subscribers.importreport import ImportReport
 from tests.support.helpers import table_dump
 
 DATA = Path(__file__).resolve().parents[1] / "data"

@@ -28,7 +28,8 @@ from newsletter.db import alembic_config, open_database, write_session
 from newsletter.errors import FeedError
 from newsletter.issues.feed import FeedStory
 from newsletter.models import Subscriber, SubscriberStatus
-from newsletter.sending.run import SendOptions, run_send
+from newsletter.sending.options import SendOptions
+from newsletter.sending.run import run_send
 
 if TYPE_CHECKING:
     from email.message import EmailMessage

@@ -17,7 +17,8 @@ import lxml.html
 import pytest
 
 from newsletter.config import Settings
-from newsletter.sending.run import SendOptions, run_send
+from newsletter.sending.options import SendOptions
+from newsletter.sending.run import run_send
 from newsletter.web.app import PAGE_CSP
 from tests.support.a11y import (
     PHONE,

@@ -13,6 +13,7 @@ import newsletter.models  # noqa: F401  (registers the tables)
 from newsletter.db import current_revision, head_revision, open_database
 from newsletter.subscribers import importer
 from newsletter.subscribers.importer import import_contacts
+from newsletter.subscribers.importwriter import _Writer
 from newsletter.subscribers.manage import list_subscribers
 from tests.support.helpers import downgrade_to
 
@@ -42,13 +43,13 @@ def test_postgres_migrations_go_down_and_up_again(postgres_url: str) -> None:
 def test_import_streams_new_rows_with_copy(postgres_url: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     engine = open_database(postgres_url)
     copied: list[int] = []
-    original = importer._Batch._copy
+    original = _Writer._copy
 
     def spy(self, rows):  # type: ignore[no-untyped-def]
         copied.append(len(rows))
         original(self, rows)
 
-    monkeypatch.setattr(importer._Batch, "_copy", spy)
+    monkeypatch.setattr(_Writer, "_copy", spy)
     monkeypatch.setattr(importer, "BATCH", 2)  # several COPY batches in one transaction
     report = import_contacts(engine, EXAMPLE)
     assert report.imported > 2 and sum(copied) == report.imported + report.kept_unsubscribed

@@ -16,7 +16,8 @@ from newsletter.models import (
     SubscriberStatus,
     utcnow,
 )
-from newsletter.sending.run import SendOptions, run_send
+from newsletter.sending.options import SendOptions
+from newsletter.sending.run import run_send
 from tests.support.helpers import add_subscribers, database_url
 from tests.support.website import GMAIL_ONE_CLICK, Site
 

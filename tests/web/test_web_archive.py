@@ -14,7 +14,8 @@ from newsletter.db import write_session
 from newsletter.issues.render import UNSUBSCRIBE_URL
 from newsletter.mail.transport import MemoryTransport
 from newsletter.models import Delivery, DeliveryStatus, Issue, IssueStatus, Subscriber
-from newsletter.sending.run import SendOptions, run_send
+from newsletter.sending.options import SendOptions
+from newsletter.sending.run import run_send
 from tests.support.helpers import add_subscribers, database, settings_for
 from tests.support.smtpserver import SMTPServer
 from tests.support.webserver import WebServer

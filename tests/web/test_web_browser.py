@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 import pytest
 import sqlalchemy as sa
 
-from newsletter.sending.run import SendOptions, run_send
+from newsletter.sending.options import SendOptions
+from newsletter.sending.run import run_send
 from tests.support.browser import save_screenshot
 from tests.support.helpers import add_subscribers
 from tests.support.smtpserver import SMTPServer

@@ -20,15 +20,14 @@ from newsletter.db import write_session
 from newsletter.errors import ConfigError, TokenError
 from newsletter.mail.dkim import GeneratedKey, generate_key
 from newsletter.models import Subscriber, SubscriberStatus, utcnow
+from newsletter.subscribers.confirming import CONFIRM_TTL, send_owed_confirmations
 from newsletter.subscribers.signup import (
-    CONFIRM_TTL,
     ConfirmOutcome,
     SignupOutcome,
     confirm_signup,
     confirmation_state,
     mailbox_key,
     request_signup,
-    send_owed_confirmations,
 )
 from newsletter.web.throttle import client_key
 from tests.support.helpers import database, settings_for

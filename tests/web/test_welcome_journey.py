@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from newsletter.models import SubscriberStatus
-from newsletter.sending.run import SendOptions, run_send
+from newsletter.sending.options import SendOptions
+from newsletter.sending.run import run_send
 from tests.support.feedserver import FeedServer
 from tests.support.helpers import BASE_ENV, add_subscribers, run_cli
 from tests.support.smtphandler import ReceivedMessage
