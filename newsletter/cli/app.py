@@ -8,6 +8,7 @@ Alembic or the settings parser (tests/cli/test_startup.py checks it).
 
 from __future__ import annotations
 
+import gc
 import sys
 from collections.abc import Callable
 from functools import cached_property, update_wrapper
@@ -151,6 +152,11 @@ class NewsletterGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             sys.exit(130)
+        finally:
+            # Every object alive now lives until exit; frozen, the interpreter's teardown
+            # no longer walks them in its garbage collections (about 0.2 s after a send,
+            # which has SQLAlchemy, pydantic and premailer loaded). Exit handlers still run.
+            gc.freeze()
 
 
 @click.group(cls=NewsletterGroup)

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import multiprocessing
 import os
 import signal
@@ -230,6 +231,11 @@ class Connection:
         args = (child, factory, template, max_per_connection, halted)
         self.runner: Any
         if use_process:
+            # The documented idiom before fork() without exec(): frozen, the parent's
+            # objects are never walked by a collection in the child, so their pages stay
+            # shared instead of being copied (and the parent's own collections, and its
+            # exit, skip them too: they live until the process ends anyway).
+            gc.freeze()
             context = multiprocessing.get_context("fork")
             self.runner = context.Process(
                 target=_process_main, args=(os.getpid(), *args), name=name, daemon=True
