@@ -12,22 +12,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from tests.support.dnsserver import DNSServer, unavailable_reason
-from tests.support.helpers import dkim_record
-
-
-def _pem(key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
+from tests.support.helpers import dkim_record, key_pem
 
 
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """PEM files: our 2048-bit RSA key, another one, an Ed25519 key."""
     folder = tmp_path_factory.mktemp("keys")
-    made = {
+    made: dict[str, rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey] = {
         "ours": rsa.generate_private_key(public_exponent=65537, key_size=2048),
         "other": rsa.generate_private_key(public_exponent=65537, key_size=2048),
         "ed": ed25519.Ed25519PrivateKey.generate(),
@@ -35,7 +27,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     paths = {}
     for name, key in made.items():
         paths[name] = folder / f"{name}.pem"
-        paths[name].write_bytes(_pem(key))
+        paths[name].write_bytes(key_pem(key))
     return paths
 
 

@@ -24,6 +24,7 @@ from tests.support.helpers import (
     SAMPLE_FEED,
     add_subscribers,
     deliveries,
+    key_pem,
     many,
     settings_for,
 )
@@ -80,27 +81,13 @@ def test_keygen_needs_a_domain_and_a_valid_selector(tmp_path: Path) -> None:
 # ---- bad key settings --------------------------------------------------------------
 
 
-def _pem(private: object) -> bytes:
-    return private.private_bytes(  # type: ignore[attr-defined]
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
 def _bad_keys(tmp_path: Path, key: GeneratedKey) -> list[tuple[dict[str, str], str, str]]:
     """(settings, the setting named, words of the message) for every bad configuration."""
     (tmp_path / "garbage.pem").write_text("not a key\n")
-    (tmp_path / "ec.pem").write_bytes(_pem(ec.generate_private_key(ec.SECP256R1())))
-    (tmp_path / "ed.pem").write_bytes(_pem(ed25519.Ed25519PrivateKey.generate()))
+    (tmp_path / "ec.pem").write_bytes(key_pem(ec.generate_private_key(ec.SECP256R1())))
+    (tmp_path / "ed.pem").write_bytes(key_pem(ed25519.Ed25519PrivateKey.generate()))
     private = serialization.load_pem_private_key(key.path.read_bytes(), password=None)
-    (tmp_path / "locked.pem").write_bytes(
-        private.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.BestAvailableEncryption(b"secret"),
-        )
-    )
+    (tmp_path / "locked.pem").write_bytes(key_pem(private, passphrase=b"secret"))
     (tmp_path / "folder.pem").mkdir()
     k, s = "NEWSLETTER_DKIM_PRIVATE_KEY", "NEWSLETTER_DKIM_SELECTOR"
     selector = key.selector
@@ -130,7 +117,7 @@ def test_send_with_a_bad_key_exits_1_and_sends_nothing(
     tmp_path: Path, smtp_server: SMTPServer, key: GeneratedKey
 ) -> None:
     shutil.copy(SAMPLE_FEED, tmp_path / "feed.xml")
-    (tmp_path / "ec.pem").write_bytes(_pem(ec.generate_private_key(ec.SECP256R1())))
+    (tmp_path / "ec.pem").write_bytes(key_pem(ec.generate_private_key(ec.SECP256R1())))
     lines = [f'{k}="{v}"' for k, v in BASE_ENV.items()]
     lines += [
         "NEWSLETTER_FEED_URL=feed.xml",

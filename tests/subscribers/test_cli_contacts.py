@@ -17,12 +17,8 @@ from newsletter.db import open_database
 from newsletter.subscribers.csvformats import estimate_rows
 from newsletter.subscribers.importer import import_contacts
 from newsletter.subscribers.importreport import CHECKING, WRITING
+from tests.support.contacts import CONTACTS, EXAMPLE
 from tests.support.helpers import NEWSLETTER_COMMAND, cli_env, database_url, run_cli
-
-ROOT = Path(__file__).resolve().parents[2]
-EXAMPLE = ROOT / "examples" / "contacts.csv"
-CONTACTS = Path(__file__).resolve().parents[1] / "data" / "contacts"
-
 
 pytestmark = pytest.mark.usefixtures("db_backend")
 

@@ -22,14 +22,14 @@ from typing import TYPE_CHECKING, Any
 from tests.support.browser import REPO_ROOT, save_screenshot, unavailable_reason
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Page
+    from playwright.sync_api import Page, ViewportSize
 
 AXE_JS = REPO_ROOT / "node_modules" / "axe-core" / "axe.min.js"
 #: WCAG 2.0 and 2.1, levels A and AA, plus axe's best practices.
 AXE_TAGS = ("wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "best-practice")
-PHONE = {"width": 375, "height": 812}
-DESKTOP = {"width": 800, "height": 900}
-VIEWPORTS = {"375": PHONE, "800": DESKTOP}
+PHONE: ViewportSize = {"width": 375, "height": 812}
+DESKTOP: ViewportSize = {"width": 800, "height": 900}
+VIEWPORTS: dict[str, ViewportSize] = {"375": PHONE, "800": DESKTOP}
 SCHEMES = ("light", "dark")
 
 #: Best-practice rules that cannot apply to an email, with the reason. An email is shown

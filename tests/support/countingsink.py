@@ -82,7 +82,7 @@ class CountingSink:
                     break
                 else:
                     writer.write(b"250 OK\r\n")
-                if not reader._buffer:  # a private field: answer pipelined commands together
+                if not reader._buffer:  # type: ignore[attr-defined]  # private: answer pipelined commands together
                     await writer.drain()
             await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):

@@ -140,6 +140,7 @@ class FeedServer:
 
     def url(self, path: str) -> str:
         host, port = self._server.server_address[:2]
+        assert isinstance(host, str)  # an IPv4 server's address, never bytes
         return f"http://{host}:{port}{path}"
 
     def route(self, path: str, **options: object) -> Route:

@@ -21,6 +21,7 @@ import pytest
 import sqlalchemy as sa
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from sqlalchemy.engine import Engine
 
 from newsletter.config import Settings, load_settings
@@ -294,6 +295,16 @@ def silent_udp_port() -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
     return sock
+
+
+def key_pem(key: PrivateKeyTypes, passphrase: bytes | None = None) -> bytes:
+    """A private key as the PKCS#8 PEM a user's key file holds (locked if a passphrase is given)."""
+    locked = (
+        serialization.BestAvailableEncryption(passphrase)
+        if passphrase is not None
+        else serialization.NoEncryption()
+    )
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, locked)
 
 
 def dkim_record(path: Path) -> str:

@@ -22,7 +22,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from email.message import EmailMessage
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -133,7 +133,8 @@ async def _reply_and_close(server: SMTP, reply: str | None) -> None:
     """
     if reply is not None:
         await server.push(reply)
-    transport = server.transport
+    # aiosmtpd types it as BaseTransport; it is a Transport, which has abort()
+    transport = cast("asyncio.Transport | None", server.transport)
     if transport is not None:
         if reply is None:
             transport.abort()  # nothing to flush: the client must see no reply at all

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+from sqlmodel import col, select
 
 from newsletter.config import Settings
 from newsletter.db import write_session
@@ -49,8 +49,8 @@ class Site:
     def row(self, email: str) -> Subscriber | None:
         with write_session(self.engine) as session:
             return session.exec(
-                sa.select(Subscriber).where(Subscriber.email == email)  # type: ignore[arg-type]
-            ).scalar_one_or_none()
+                select(Subscriber).where(col(Subscriber.email) == email)
+            ).one_or_none()
 
     def token(self, email: str) -> str:
         row = self.row(email)

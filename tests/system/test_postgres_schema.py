@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -15,9 +13,8 @@ from newsletter.subscribers import importer
 from newsletter.subscribers.importer import import_contacts
 from newsletter.subscribers.importwriter import _Writer
 from newsletter.subscribers.manage import list_subscribers
+from tests.support.contacts import EXAMPLE
 from tests.support.helpers import downgrade_to
-
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "contacts.csv"
 
 
 def test_migrated_postgres_matches_the_models(postgres_url: str) -> None:
