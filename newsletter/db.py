@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def _sqlite_setup(engine: Engine) -> None:
+def _sqlite_setup(engine: Engine, page_cache_kib: int | None = None) -> None:
     @event.listens_for(engine, "connect")
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy's "begin" event issue BEGIN itself (pysqlite's own is deferred).
@@ -41,6 +41,8 @@ def _sqlite_setup(engine: Engine) -> None:
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA busy_timeout=30000")
         cur.execute("PRAGMA foreign_keys=ON")
+        if page_cache_kib is not None:
+            cur.execute(f"PRAGMA cache_size=-{int(page_cache_kib)}")
         cur.close()
 
     @event.listens_for(engine, "begin")
@@ -65,8 +67,9 @@ def _postgres_setup(engine: Engine) -> None:
         dbapi_connection.autocommit = autocommit
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for `url`, with SQLite tuned for a CLI that may run twice at once."""
+def make_engine(url: str, *, page_cache_kib: int | None = None) -> Engine:
+    """An engine for `url`, with SQLite tuned for a CLI that may run twice at once;
+    `page_cache_kib` sets SQLite's page cache of each connection (default 2 MiB)."""
     try:
         engine = sa.create_engine(url)
     except (sa.exc.ArgumentError, ImportError) as exc:
@@ -74,7 +77,7 @@ def make_engine(url: str) -> Engine:
     if engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg":
         _postgres_setup(engine)
     if engine.dialect.name == "sqlite":
-        _sqlite_setup(engine)
+        _sqlite_setup(engine, page_cache_kib)
         db_path = engine.url.database
         if db_path and db_path != ":memory:" and not db_path.startswith("file:"):
             parent = Path(db_path).parent
@@ -187,9 +190,10 @@ def migrate(engine: Engine) -> None:
         raise NewsletterError(f"cannot open the database: {exc.orig}") from None
 
 
-def open_database(url: str) -> Engine:
-    """An engine on a database migrated to the latest schema."""
-    engine = make_engine(url)
+def open_database(url: str, *, page_cache_kib: int | None = None) -> Engine:
+    """An engine on a database migrated to the latest schema (`page_cache_kib`: see
+    make_engine)."""
+    engine = make_engine(url, page_cache_kib=page_cache_kib)
     migrate(engine)
     return engine
 

@@ -77,3 +77,22 @@ def test_send_verbose_prints_each_phase(tmp_path: Path, smtp_server: SMTPServer)
     ):
         assert f"phase {name}:" in done.stdout
     assert len(smtp_server.recipients()) == 3
+
+
+def test_a_sends_sqlite_connections_keep_a_small_page_cache(tmp_path: Path) -> None:
+    """The send's memory must not grow with the list: SQLite's default 2 MiB page cache
+    per pooled connection did (+5 MB at 100,000 readers); other commands keep it."""
+    from newsletter.cli.app import App
+    from newsletter.config import load_settings
+
+    url = f"sqlite:///{tmp_path / 'news.db'}"
+    open_database(url).dispose()
+    sizes = {}
+    for command in ("send", "import"):
+        environ = {**BASE_ENV, "NEWSLETTER_DATABASE_URL": url}
+        app = App(load_settings(environ=environ, env_file=tmp_path / "none"))
+        app.command = command
+        with app.engine.connect() as conn:
+            sizes[command] = conn.exec_driver_sql("PRAGMA cache_size").scalar()
+        app.engine.dispose()
+    assert sizes == {"send": -256, "import": -2000}
