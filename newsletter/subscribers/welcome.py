@@ -9,7 +9,7 @@ Precedence) through the same `MessageTemplate` path, DKIM included.
 The welcome is never sent inside a request. Confirming records that it is owed
 (`welcome_send_at`); the `newsletter serve` worker sends it at once, with the
 confirmation emails' backoff when the server is down, and the next
-`newsletter send` sends any still owed (`signup.send_owed_mail`, backoff ignored).
+`newsletter send` sends any still owed (`confirming.send_owed_mail`, backoff ignored).
 It goes once per subscriber (`welcome_sent_at`), never to imported contacts or
 `subscribers add` (only a confirmed signup owes one), and never to someone who
 left before it went.
