@@ -221,24 +221,7 @@ class Sender:
                     if exhausted or self.stop.is_set():
                         break
                     continue  # every start was skipped: fetch more
-                for ready, _events in selector.select():
-                    connection = ready.data
-                    queued = busy.get(connection)
-                    if not queued:  # not waiting on it: a dead connection's EOF
-                        selector.unregister(connection.pipe)
-                        continue
-                    batch = queued.popleft()
-                    if not queued:
-                        del busy[connection]
-                    answers = connection.receive()
-                    if isinstance(answers, Crashed):  # the process died: nobody knows
-                        for recipient in batch:
-                            finished += self._answer(answers, recipient)
-                        continue
-                    if any(not isinstance(a, Replied | NotTried) for a in answers):
-                        connection.trouble()  # NotTried only echoes a trouble seen before
-                    for answer, recipient in zip(answers, batch, strict=True):
-                        finished += self._answer(answer, recipient)
+                finished += self._collect(selector, busy)
         except BaseException:
             self.stop.set()  # Ctrl-C: what is in flight stays `sending` -> unknown
             raise
@@ -254,6 +237,31 @@ class Sender:
                 selector.close()
                 for connection in connections:
                     connection.stop()
+
+    def _collect(
+        self, selector: selectors.BaseSelector, busy: dict[Connection, deque[list[Recipient]]]
+    ) -> list[Finished]:
+        """Wait for the connections that answered, and what to record for their answers."""
+        finished: list[Finished] = []
+        for ready, _events in selector.select():
+            connection = ready.data
+            queued = busy.get(connection)
+            if not queued:  # not waiting on it: a dead connection's EOF
+                selector.unregister(connection.pipe)
+                continue
+            batch = queued.popleft()
+            if not queued:
+                del busy[connection]
+            answers = connection.receive()
+            if isinstance(answers, Crashed):  # the process died: nobody knows
+                for recipient in batch:
+                    finished += self._answer(answers, recipient)
+                continue
+            if any(not isinstance(a, Replied | NotTried) for a in answers):
+                connection.trouble()  # NotTried only echoes a trouble seen before
+            for answer, recipient in zip(answers, batch, strict=True):
+                finished += self._answer(answer, recipient)
+        return finished
 
     def _answer(self, answer: Answer, recipient: Recipient) -> list[Finished]:
         """What to record for one connection's answer (nothing yet for a held refusal)."""
