@@ -81,7 +81,7 @@ def deliver(
     report = Report()
     claims = None
     if registry is not None and shared_sends(engine):
-        claims = Claims(engine, registry.id, issue.id)
+        claims = Claims(engine, registry.me.id, issue.id)
         _fresh_statistics(engine)
     if registry is not None:  # its heartbeat renews the lease of what `claims` holds
         registry.working_on(issue.id, lambda: report.sent, claims)

@@ -13,8 +13,10 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import socket
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -71,10 +73,22 @@ def is_dead(
     return here is not None and space == here and not pid_alive(pid)
 
 
-def new_id(host: str, pid: int) -> str:
-    """A process's id in its rows: random per process (the host name and pid only make it
-    readable), so that a same-named host's process is never mistaken for this one."""
-    return f"{host}:{pid}:{secrets.token_hex(8)}"
+@dataclass(frozen=True)
+class Holder:
+    """A process as the holder of a lease (the send lock, a worker row): what both rows
+    store to say who holds it and to tell later whether it still lives."""
+
+    #: random per process (the host name and pid only make it readable), so that a
+    #: same-named host's process is never mistaken for this one
+    id: str
+    host: str
+    pid: int
+    pid_space: str | None
+
+    @classmethod
+    def this_process(cls) -> Holder:
+        host, pid = socket.gethostname(), os.getpid()
+        return cls(f"{host}:{pid}:{secrets.token_hex(8)}", host, pid, pid_space())
 
 
 class Heartbeat:

@@ -13,8 +13,6 @@ advisory lock, released by the server itself if the process dies.
 
 from __future__ import annotations
 
-import os
-import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,7 +23,7 @@ from sqlalchemy.engine import Engine
 from newsletter.db import write_session
 from newsletter.errors import SendInProgress
 from newsletter.models import SendLock, utcnow
-from newsletter.sending.lease import Heartbeat, is_dead, new_id, pid_space
+from newsletter.sending.lease import Heartbeat, Holder, is_dead
 
 LOCK_NAME = "send"
 
@@ -49,12 +47,9 @@ def creation_lock(engine: Engine) -> Iterator[None]:
 class SendLockHolder:
     """Acquire with `acquire()`, keep alive with a heartbeat thread, `release()` at the end."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, holder: Holder | None = None) -> None:
         self.engine = engine
-        self.host = socket.gethostname()
-        self.pid = os.getpid()
-        self.pid_space = pid_space()
-        self.owner = new_id(self.host, self.pid)
+        self.me = holder or Holder.this_process()
         self.took_over: SendLock | None = None
         self._stop = threading.Event()  # set: stop beating (release() sets it too)
         self._heartbeat = Heartbeat(self._beat, name="send-lock-heartbeat", stopped=self._stop)
@@ -64,14 +59,14 @@ class SendLockHolder:
             pid=lock.pid,
             space=lock.pid_space,
             heartbeat_at=lock.heartbeat_at,
-            here=self.pid_space,
+            here=self.me.pid_space,
             now=utcnow(),
         )
 
     def acquire(self) -> None:
         with write_session(self.engine) as session:
             lock = session.get(SendLock, LOCK_NAME)
-            if lock is not None and lock.owner != self.owner:
+            if lock is not None and lock.owner != self.me.id:
                 if not self._is_stale(lock):
                     since = lock.acquired_at.strftime("%Y-%m-%d %H:%M UTC")
                     raise SendInProgress(
@@ -89,14 +84,15 @@ class SendLockHolder:
                 )
                 session.delete(lock)
                 session.flush()
-            if lock is None or lock.owner != self.owner:
+            if lock is None or lock.owner != self.me.id:
+                me = self.me
                 session.add(
                     SendLock(
                         name=LOCK_NAME,
-                        owner=self.owner,
-                        host=self.host,
-                        pid=self.pid,
-                        pid_space=self.pid_space,
+                        owner=me.id,
+                        host=me.host,
+                        pid=me.pid,
+                        pid_space=me.pid_space,
                     )
                 )
         self._heartbeat.start()
@@ -104,7 +100,7 @@ class SendLockHolder:
     def _beat(self) -> None:
         with write_session(self.engine) as session:
             lock = session.get(SendLock, LOCK_NAME)
-            if lock is not None and lock.owner == self.owner:
+            if lock is not None and lock.owner == self.me.id:
                 lock.heartbeat_at = utcnow()
                 session.add(lock)
 
@@ -112,7 +108,7 @@ class SendLockHolder:
         self._heartbeat.stop(timeout=5)
         with write_session(self.engine) as session:
             lock = session.get(SendLock, LOCK_NAME)
-            if lock is not None and lock.owner == self.owner:
+            if lock is not None and lock.owner == self.me.id:
                 session.delete(lock)
 
     def __enter__(self) -> SendLockHolder:

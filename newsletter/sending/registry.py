@@ -9,8 +9,6 @@ the lease follow the one rule of lease.py.
 
 from __future__ import annotations
 
-import os
-import socket
 import threading
 from collections.abc import Callable
 
@@ -20,7 +18,7 @@ from sqlalchemy.engine import Engine
 from newsletter.db import write_transaction
 from newsletter.models import SendWorker, table_of, utcnow
 from newsletter.sending.claims import Claims, renew
-from newsletter.sending.lease import HEARTBEAT, LEASE, Heartbeat, new_id, pid_space
+from newsletter.sending.lease import HEARTBEAT, LEASE, Heartbeat, Holder
 
 W = table_of(SendWorker)
 
@@ -28,12 +26,11 @@ W = table_of(SendWorker)
 class WorkerRegistry:
     """`with WorkerRegistry(engine) as me:` registers, beats in a thread, deregisters."""
 
-    def __init__(self, engine: Engine, *, interval: float = HEARTBEAT) -> None:
+    def __init__(
+        self, engine: Engine, *, interval: float = HEARTBEAT, holder: Holder | None = None
+    ) -> None:
         self.engine = engine
-        self.host = socket.gethostname()
-        self.pid = os.getpid()
-        self.pid_space = pid_space()
-        self.id = new_id(self.host, self.pid)
+        self.me = holder or Holder.this_process()
         self.issue_id: int | None = None
         self._claims: Claims | None = None
         self._sent_before = 0
@@ -62,10 +59,10 @@ class WorkerRegistry:
             conn.execute(sa.delete(W).where(W.c.heartbeat_at < now - LEASE))
             conn.execute(
                 sa.insert(W).values(
-                    id=self.id,
-                    host=self.host,
-                    pid=self.pid,
-                    pid_space=self.pid_space,
+                    id=self.me.id,
+                    host=self.me.host,
+                    pid=self.me.pid,
+                    pid_space=self.me.pid_space,
                     sent=0,
                     started_at=now,
                     heartbeat_at=now,
@@ -79,16 +76,16 @@ class WorkerRegistry:
             with write_transaction(self.engine) as conn:
                 conn.execute(
                     sa.update(W)
-                    .where(W.c.id == self.id)
+                    .where(W.c.id == self.me.id)
                     .values(heartbeat_at=utcnow(), issue_id=self.issue_id, sent=self.sent)
                 )
             if self._claims is not None:
-                renew(self.engine, self.id, self.issue_id, self._claims.held_ids())
+                renew(self.engine, self.me.id, self.issue_id, self._claims.held_ids())
 
     def stop(self) -> None:
         self._heartbeat.stop(timeout=10)
         with write_transaction(self.engine) as conn:
-            conn.execute(sa.delete(W).where(W.c.id == self.id))
+            conn.execute(sa.delete(W).where(W.c.id == self.me.id))
 
     def __enter__(self) -> WorkerRegistry:
         self.start()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 import threading
 import time
 from collections import Counter
@@ -22,7 +23,7 @@ from sqlalchemy.engine import Engine
 from newsletter.mail.transport import MemoryTransport, Reply
 from newsletter.models import DeliveryStatus, utcnow
 from newsletter.sending.claims import Claims, reap
-from newsletter.sending.lease import pid_space
+from newsletter.sending.lease import Holder, pid_space
 from newsletter.sending.ledger import Ledger
 from newsletter.sending.options import SendOptions
 from newsletter.sending.pacing import SharedRateLimiter
@@ -147,7 +148,7 @@ def test_a_live_workers_in_flight_messages_are_never_marked_unknown(tmp_path: Pa
     engine = database(settings)
     issue_id = _make_issue(engine, settings, 5)
     with WorkerRegistry(engine) as other:  # alive, heartbeat fresh
-        claims = Claims(engine, other.id, issue_id, batch=1)
+        claims = Claims(engine, other.me.id, issue_id, batch=1)
         (mine,) = claims.claim()
         with engine.begin() as conn:
             conn.execute(
@@ -220,7 +221,7 @@ def test_status_shows_the_active_workers_and_their_rates(tmp_path: Path) -> None
     with WorkerRegistry(engine) as me:
         me.working_on(issue_id, lambda: 50, None)
         report = status_report(engine)
-    assert [(w.worker_id, w.issue_id, w.sent) for w in report.workers] == [(me.id, issue_id, 50)]
+    assert [(w.worker_id, w.issue_id, w.sent) for w in report.workers] == [(me.me.id, issue_id, 50)]
     assert status_report(engine).workers == []
 
 
@@ -240,18 +241,19 @@ def _dead_pid() -> int:
 def _twin(engine: Engine, issue_id: int, *, pid: int, space: str | None) -> tuple[str, int]:
     """Register a worker under our host name and `pid` (a real WorkerRegistry row, never
     beating) with one message in flight and a live lease; (its id, that delivery's id)."""
-    twin = WorkerRegistry(engine)
-    twin.pid, twin.pid_space = pid, space
-    twin.id = f"{twin.host}:{pid}:{secrets.token_hex(8)}"
+    host = socket.gethostname()
+    twin = WorkerRegistry(
+        engine, holder=Holder(f"{host}:{pid}:{secrets.token_hex(8)}", host, pid, space)
+    )
     twin.start()
     twin._stop.set()  # its heartbeat thread stops; the row and its fresh beat stay
-    claims = Claims(engine, twin.id, issue_id, batch=1)
+    claims = Claims(engine, twin.me.id, issue_id, batch=1)
     (held,) = claims.claim()
     with engine.begin() as conn:
         conn.execute(
             sa.text("UPDATE delivery SET status='sending' WHERE id = :d"), {"d": held.delivery_id}
         )
-    return twin.id, held.delivery_id
+    return twin.me.id, held.delivery_id
 
 
 def _status(engine: Engine, delivery_id: int) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import shutil
+from dataclasses import replace
 from email.policy import default
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import sqlalchemy as sa
 from newsletter.errors import SendInProgress
 from newsletter.mail.transport import MemoryTransport, Reply
 from newsletter.models import DeliveryStatus, SubscriberStatus
+from newsletter.sending.lease import Holder
 from newsletter.sending.lock import SendLockHolder
 from newsletter.sending.options import SendOptions
 from newsletter.sending.queue import recover
@@ -202,8 +204,8 @@ def test_a_second_send_is_told_another_is_in_progress(tmp_path: Path) -> None:
 @SQLITE_ONLY  # PostgreSQL: a second send helps instead (test_postgres_send.py)
 def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path: Path) -> None:
     settings, engine = with_subscribers(tmp_path, many(2))
-    holder = SendLockHolder(engine)
-    holder.pid = 2**22 + 12345  # no such process
+    dead = replace(Holder.this_process(), pid=2**22 + 12345)  # no such process
+    holder = SendLockHolder(engine, holder=dead)
     holder.acquire()
     holder._stop.set()  # the "crashed" run stops beating, without releasing
     result = _send(engine, settings, MemoryTransport())
@@ -215,9 +217,14 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path: Path) -> None:
 def test_a_lock_of_a_same_named_host_is_not_taken_over_by_its_pid(tmp_path: Path) -> None:
     """Same host name, a pid that is dead here, another machine's pid space: its lease rules."""
     settings, engine = with_subscribers(tmp_path, many(2))
-    holder = SendLockHolder(engine)
-    holder.pid = 2**22 + 12345  # no such process here; alive on the other machine
-    holder.pid_space = "another-machine-boot:4026531836"
+    holder = SendLockHolder(
+        engine,
+        holder=replace(
+            Holder.this_process(),
+            pid=2**22 + 12345,  # no such process here; alive on the other machine
+            pid_space="another-machine-boot:4026531836",
+        ),
+    )
     holder.acquire()
     holder._stop.set()
     with pytest.raises(SendInProgress, match="another send"):
