@@ -48,7 +48,7 @@ def keygen(app: App, selector: str | None, out: Path | None, domain: str | None)
 
     Without NEWSLETTER_FROM, pass --domain.
     """
-    from newsletter.mail.dkim import KEY_BITS, generate_key  # cryptography: only when run
+    from newsletter.mail.dkimkey import KEY_BITS, generate_key  # cryptography: only when run
 
     settings = app.settings
     selector = selector or settings.dkim_selector or f"news{datetime.now(UTC):%Y%m}"

@@ -18,7 +18,7 @@ from newsletter.config import Settings
 from newsletter.doctor.dnsrecords import DnsFailure, TxtLookup, dns_failed, record_tags
 from newsletter.doctor.report import Check, Status
 from newsletter.errors import ConfigError
-from newsletter.mail.dkim import GeneratedKey, load_key, public_key_b64
+from newsletter.mail.dkimkey import GeneratedKey, load_key, public_key_b64
 
 
 def _published_key(tags: Mapping[str, str]) -> tuple[bytes, str]:

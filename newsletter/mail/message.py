@@ -30,7 +30,8 @@ from email.utils import format_datetime, formataddr, make_msgid
 from newsletter.config import Settings
 from newsletter.issues.render import split_placeholder
 from newsletter.issues.sanitize import clean_text
-from newsletter.mail.dkim import MessageSigner, load_key
+from newsletter.mail.dkim import MessageSigner
+from newsletter.mail.dkimkey import load_key
 
 CRLF = b"\r\n"
 SOFT_BREAK = b"=\r\n"

@@ -31,7 +31,7 @@ from newsletter.issues import create as issue_store
 from newsletter.issues.feed import Feed, FeedStory, parse_feed
 from newsletter.issues.fetch import FetchResult, fetch_feed
 from newsletter.issues.render import fill_unsubscribe
-from newsletter.mail.dkim import load_key
+from newsletter.mail.dkimkey import load_key
 from newsletter.mail.message import MessageTemplate, message_date
 from newsletter.mail.transport import TransportFactory, transport_factory
 from newsletter.mail.verp import check_verp_settings, envelope_sender

@@ -47,7 +47,7 @@ from newsletter.db import open_database
 from newsletter.errors import NewsletterError, SubscriberError, TokenError, TransportError
 from newsletter.issues.templating import render_template
 from newsletter.mail.addresses import AddressError
-from newsletter.mail.dkim import load_key
+from newsletter.mail.dkimkey import load_key
 from newsletter.mail.transport import TransportFactory
 from newsletter.models import SubscriberStatus
 from newsletter.subscribers.confirmation import CONFIRM_BUTTON

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from newsletter.mail.dkim import GeneratedKey, generate_key
+from newsletter.mail.dkimkey import GeneratedKey, generate_key
 
 
 @pytest.fixture(scope="module")

@@ -24,14 +24,8 @@ from dkim.canonicalization import Relaxed
 
 from newsletter.config import Settings
 from newsletter.db import open_database
-from newsletter.mail.dkim import (
-    DkimKey,
-    GeneratedKey,
-    MessageSigner,
-    load_key,
-    relaxed_body,
-    relaxed_header,
-)
+from newsletter.mail.dkim import MessageSigner, relaxed_body, relaxed_header
+from newsletter.mail.dkimkey import DkimKey, GeneratedKey, load_key
 from newsletter.mail.message import MessageTemplate, message_date
 from newsletter.sending.options import SendOptions
 from newsletter.sending.run import run_send

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from newsletter.db import open_database
 from newsletter.errors import ConfigError
-from newsletter.mail.dkim import GeneratedKey
+from newsletter.mail.dkimkey import GeneratedKey
 from newsletter.mail.message import MessageTemplate
 from tests.support.helpers import (
     BASE_ENV,

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from newsletter.config import load_settings
 from newsletter.db import write_session
 from newsletter.errors import ConfigError, TokenError
-from newsletter.mail.dkim import GeneratedKey, generate_key
+from newsletter.mail.dkimkey import GeneratedKey, generate_key
 from newsletter.models import Subscriber, SubscriberStatus, utcnow
 from newsletter.subscribers.confirming import CONFIRM_TTL, send_owed_confirmations
 from newsletter.subscribers.signup import (
