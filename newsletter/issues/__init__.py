@@ -3,7 +3,7 @@
 Owns fetching and parsing the feed (fetch, feed; feedhints: the advice when an
 address gives an HTML page or lacks its https://), cleaning its text and HTML
 (sanitize, htmltext), the templates (templating), rendering an issue once
-(render) and freezing the new stories into an Issue with one pending Delivery
+(render, with the per-issue unsubscribe placeholder of placeholder) and freezing the new stories into an Issue with one pending Delivery
 per active subscriber (create).
 
 May import: the foundation only (config, db, models, errors). Never mail/ or

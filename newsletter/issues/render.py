@@ -7,10 +7,7 @@ preview, the confirmation and welcome emails and the web archive):
         -> RenderedIssue
     render_bodies(settings, stem, context, *, placeholder=None) -> (html, text)
         # any email's two bodies: the issue's, the welcome's, the confirmation's
-    mark_placeholder(key, html) -> str   # records the placeholder for split_placeholder
     story_blocks(story, mode) -> int   # how many places a story's body may be cut at
-    split_placeholder(html) -> (placeholder, html)   # what message.py fills per subscriber
-    fill_unsubscribe(body, url, placeholder=None) -> str   # a preview's link
     render_subject(stories, settings, *, feed_title="", feed_link=None, issue_id=None) -> str
     normalise_subject(text, limit=200) -> str
 
@@ -21,13 +18,7 @@ byte-level replacement of a placeholder in the finished bodies. premailer (with
 cssutils and requests: about 70 ms and 10 MB to import) is imported on the first
 inlining, so a send that finds nothing new never loads it.
 
-The placeholder is random per issue (`%%UNSUBSCRIBE_URL_<32 hex>%%`), made
-after the feed's text is fixed, so a story cannot contain it: a fixed string
-in a story would have the reader's personal link filled into it (an image URL
-on the attacker's server collects every reader's token). It is stored with the
-frozen issue as a comment at the very start of its HTML, a place feed text can
-never reach; message.py strips it. An issue frozen before (no such comment)
-uses the old fixed placeholder, UNSUBSCRIBE_URL, and sends as it always did.
+The placeholder (placeholder.py) is made per issue after the feed's text is fixed.
 
 What each story shows is `settings.story_content` (NEWSLETTER_STORY_CONTENT):
 "summary" (the feed's excerpt, cut if long), "full" (the whole post, fitted to
@@ -39,7 +30,6 @@ from __future__ import annotations
 
 import logging
 import re
-import secrets
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -54,13 +44,10 @@ from newsletter.config import Settings
 from newsletter.errors import TemplateError
 from newsletter.issues.htmltext import cap_line_length, excerpt_html, html_to_text, top_blocks
 from newsletter.issues.layout import fit_to_column
+from newsletter.issues.placeholder import UNSUBSCRIBE_URL, mark_placeholder, new_placeholder
 from newsletter.issues.templating import render_template
 from newsletter.phases import CSS_INLINING, phase
 from newsletter.settingvalues import story_content_mode
-
-#: The fixed placeholder of issues frozen before per-issue placeholders (still sent so).
-UNSUBSCRIBE_URL = "%%UNSUBSCRIBE_URL%%"
-_MARK = re.compile(r"\A<!--newsletter-placeholder:([0-9a-f]{32})-->\n")
 
 SUBJECT_LIMIT = 200
 SUMMARY_LIMITS = {"max_chars": 1000, "max_paragraphs": 3}  # a feed's own summary: cut only if long
@@ -123,36 +110,6 @@ class StoryView:
     summary_text: str  # the same as wrapped plain text
     mode: str = "summary"  # "summary", "full" or "title" (NEWSLETTER_STORY_CONTENT)
     truncated: bool = False  # cut at a paragraph boundary: "Continue reading on the site"
-
-
-def new_placeholder() -> tuple[str, str]:
-    """(key, placeholder) for one issue: unguessable, so no feed text can hold it."""
-    key = secrets.token_hex(16)
-    return key, f"%%UNSUBSCRIBE_URL_{key}%%"
-
-
-def mark_placeholder(key: str, html: str) -> str:
-    """`html` with the comment that records its placeholder, where `split_placeholder` reads it."""
-    return f"<!--newsletter-placeholder:{key}-->\n{html}"
-
-
-def split_placeholder(html: str) -> tuple[str, str]:
-    """(the issue's placeholder, its HTML without the comment that records it).
-
-    Only the very start of the HTML is read: an issue's own renderer wrote it,
-    feed text cannot be there. No comment: an issue frozen before, UNSUBSCRIBE_URL.
-    """
-    match = _MARK.match(html)
-    if match is None:
-        return UNSUBSCRIBE_URL, html
-    return f"%%UNSUBSCRIBE_URL_{match[1]}%%", html[match.end() :]
-
-
-def fill_unsubscribe(body: str, url: str, placeholder: str | None = None) -> str:
-    """A body with `url` where its template put the unsubscribe link (previews, tests)."""
-    if placeholder is None:
-        placeholder, body = split_placeholder(body)
-    return body.replace(placeholder, url)
 
 
 def normalise_subject(text: str, limit: int = SUBJECT_LIMIT) -> str:

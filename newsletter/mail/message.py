@@ -28,7 +28,7 @@ from email.policy import SMTP
 from email.utils import format_datetime, formataddr, make_msgid
 
 from newsletter.config import Settings
-from newsletter.issues.render import split_placeholder
+from newsletter.issues.placeholder import split_placeholder
 from newsletter.issues.sanitize import clean_text
 from newsletter.mail.dkim import MessageSigner
 from newsletter.mail.dkimkey import load_key

@@ -30,7 +30,7 @@ from newsletter.errors import FeedError, LoginRefused, NewsletterError, Transpor
 from newsletter.issues import create as issue_store
 from newsletter.issues.feed import Feed, FeedStory, parse_feed
 from newsletter.issues.fetch import FetchResult, fetch_feed
-from newsletter.issues.render import fill_unsubscribe
+from newsletter.issues.placeholder import fill_unsubscribe
 from newsletter.mail.dkimkey import load_key
 from newsletter.mail.message import MessageTemplate, message_date
 from newsletter.mail.transport import TransportFactory, transport_factory

@@ -36,13 +36,8 @@ from sqlmodel import col
 
 from newsletter.config import Settings
 from newsletter.db import read_session, write_session
-from newsletter.issues.render import (
-    mark_placeholder,
-    new_placeholder,
-    normalise_subject,
-    render_bodies,
-    safe_url,
-)
+from newsletter.issues.placeholder import mark_placeholder, new_placeholder
+from newsletter.issues.render import normalise_subject, render_bodies, safe_url
 from newsletter.issues.templating import render_template
 from newsletter.mail.message import MessageTemplate, message_date
 from newsletter.mail.transport import TransportFactory, transport_factory

@@ -25,7 +25,8 @@ from newsletter.config import Settings, known_names
 from newsletter.errors import ConfigError
 from newsletter.issues.feed import Feed, FeedStory, parse_feed
 from newsletter.issues.layout import COLUMN_WIDTH, demote_headings, fit_to_column
-from newsletter.issues.render import UNSUBSCRIBE_URL, RenderedIssue, render_issue, split_placeholder
+from newsletter.issues.placeholder import UNSUBSCRIBE_URL, split_placeholder
+from newsletter.issues.render import RenderedIssue, render_issue
 from tests.support.helpers import PlainStory, content_mode_settings
 
 DATA = Path(__file__).resolve().parents[1] / "data"

@@ -14,7 +14,8 @@ import pytest
 
 from newsletter.issues.create import MAX_HTML_BYTES, create_issue, render_within_size
 from newsletter.issues.feed import Feed, FeedStory
-from newsletter.issues.render import render_issue, split_placeholder
+from newsletter.issues.placeholder import split_placeholder
+from newsletter.issues.render import render_issue
 from tests.support.helpers import content_mode_settings, with_subscribers
 
 MODES = ("summary", "full", "title")

@@ -17,13 +17,12 @@ import pytest
 
 from newsletter.config import Settings, load_settings
 from newsletter.errors import ConfigError, TemplateError
+from newsletter.issues.placeholder import UNSUBSCRIBE_URL, split_placeholder
 from newsletter.issues.render import (
-    UNSUBSCRIBE_URL,
     normalise_subject,
     render_bodies,
     render_issue,
     render_subject,
-    split_placeholder,
 )
 from newsletter.issues.templating import builtin_templates_dir, template_env
 from tests.support.helpers import feed_story

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from newsletter.config import Settings, load_settings
 from newsletter.issues.feed import parse_feed
-from newsletter.issues.render import UNSUBSCRIBE_URL, render_issue
+from newsletter.issues.placeholder import UNSUBSCRIBE_URL
+from newsletter.issues.render import render_issue
 from newsletter.mail.message import MessageTemplate, message_date, unsubscribe_url
 from tests.support.helpers import BASE_ENV, SAMPLE_FEED
 

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from newsletter.db import write_session
-from newsletter.issues.render import UNSUBSCRIBE_URL
+from newsletter.issues.placeholder import UNSUBSCRIBE_URL
 from newsletter.mail.transport import MemoryTransport
 from newsletter.models import Delivery, DeliveryStatus, Issue, IssueStatus, Subscriber
 from newsletter.sending.options import SendOptions
