@@ -154,7 +154,7 @@ def render_subject(
     issue_id: int | None = None,
 ) -> str:
     """The subject from subject.txt (default: newest title + " + N more"), on one line."""
-    views = [_story_view(s) for s in newest_first(stories)]
+    views = [story_view(s) for s in newest_first(stories)]
     context = _base_context(views, settings, issue_id, feed_title, feed_link)
     return _subject_from(context, settings)
 
@@ -176,7 +176,7 @@ def render_issue(
     """
     settings.require("postal_address")  # CAN-SPAM: every email carries it
     mode = content_mode(settings)
-    views = [_story_view(s, mode, max_blocks) for s in newest_first(stories)]
+    views = [story_view(s, mode, max_blocks) for s in newest_first(stories)]
     context = _base_context(views, settings, issue_id, feed_title, feed_link)
     subject = _subject_from(context, settings)
     context["subject"] = subject
@@ -298,9 +298,11 @@ def _body_html(story: StoryLike, mode: str) -> str:
     return fit_to_column(body)
 
 
-def _story_view(
+def story_view(
     story: StoryLike, mode: str = "summary", max_blocks: int | None = None
 ) -> StoryView:
+    """What the templates show of one story (the email's and the web archive's alike);
+    `max_blocks` cuts a long body at a top-level block."""
     summary = _body_html(story, mode)
     truncated = False
     if max_blocks is not None:

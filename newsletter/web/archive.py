@@ -25,7 +25,7 @@ from sqlmodel import col
 from newsletter.config import Settings
 from newsletter.db import read_session
 from newsletter.errors import TokenError
-from newsletter.issues.render import StoryView, _story_view, newest_first
+from newsletter.issues.render import StoryView, newest_first, story_view
 from newsletter.models import Delivery, DeliveryStatus, Issue, IssueStatus, Story
 from newsletter.web.pages import Pages
 
@@ -100,7 +100,7 @@ def archived_issue(engine: Engine, issue_id: int) -> ArchivedIssue | None:
             ).scalars()
         )
     id_, subject, created = row
-    views = [_story_view(story) for story in newest_first(stories)]
+    views = [story_view(story) for story in newest_first(stories)]
     date = f"{created.day} {created:%B %Y}"
     return ArchivedIssue(id_, subject, date, created.date().isoformat(), views)
 
