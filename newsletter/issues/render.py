@@ -298,9 +298,7 @@ def _body_html(story: StoryLike, mode: str) -> str:
     return fit_to_column(body)
 
 
-def story_view(
-    story: StoryLike, mode: str = "summary", max_blocks: int | None = None
-) -> StoryView:
+def story_view(story: StoryLike, mode: str = "summary", max_blocks: int | None = None) -> StoryView:
     """What the templates show of one story (the email's and the web archive's alike);
     `max_blocks` cuts a long body at a top-level block."""
     summary = _body_html(story, mode)

@@ -26,9 +26,7 @@ def upgrade() -> None:
             )
         batch_op.add_column(sa.Column("confirm_attempts", sa.Integer(), nullable=True))
         batch_op.add_column(
-            sa.Column(
-                "confirm_error", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=True
-            )
+            sa.Column("confirm_error", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=True)
         )
         batch_op.create_index(
             batch_op.f("ix_subscriber_confirm_send_at"), ["confirm_send_at"], unique=False
