@@ -229,7 +229,6 @@ def send(
         from newsletter.sending.options import SendOptions
         from newsletter.sending.run import check_settings, run_send
     finally:
-        gc.freeze()  # and none walks them later
         gc.enable()
 
     if verbose:

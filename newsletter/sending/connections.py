@@ -209,6 +209,10 @@ def _process_main(
     halted: Any,
 ) -> None:
     _die_with_parent(parent)
+    # Everything inherited from the parent is frozen in this child only (the parent,
+    # perhaps a long-lived caller of run_send, keeps collecting as before): no collection
+    # here walks those objects, so their pages stay shared instead of being copied.
+    gc.freeze()
     connection_loop(pipe, factory, template, max_per_connection, halted)
 
 
@@ -231,11 +235,6 @@ class Connection:
         args = (child, factory, template, max_per_connection, halted)
         self.runner: Any
         if use_process:
-            # The documented idiom before fork() without exec(): frozen, the parent's
-            # objects are never walked by a collection in the child, so their pages stay
-            # shared instead of being copied (and the parent's own collections, and its
-            # exit, skip them too: they live until the process ends anyway).
-            gc.freeze()
             context = multiprocessing.get_context("fork")
             self.runner = context.Process(
                 target=_process_main, args=(os.getpid(), *args), name=name, daemon=True
