@@ -167,3 +167,24 @@ def test_load_feed_over_http_resolves_relative_links_against_the_feed() -> None:
     (only,) = parsed.stories
     assert only.link == server.url("/posts/x/")
     assert f'<a href="{server.url("/posts/x/y")}">y</a>' in only.content_html
+
+
+def test_https_feed_is_fetched_when_its_certificate_is_trusted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real TLS server: SSL_CERT_FILE (a private CA, as the README documents) is honoured."""
+    with FeedServer(tls=True, scratch=tmp_path) as server:
+        server.route("/feed", body=RSS, content_type="application/rss+xml")
+        monkeypatch.setenv("SSL_CERT_FILE", str(server.ca_file))
+        result = fetch_feed(server.url("/feed"))
+    assert result.data == RSS
+    assert result.url.startswith("https://127.0.0.1:")
+
+
+def test_https_feed_with_an_untrusted_certificate_is_one_line_error(tmp_path: Path) -> None:
+    with FeedServer(tls=True, scratch=tmp_path) as server:
+        server.route("/feed", body=RSS, content_type="application/rss+xml")
+        with pytest.raises(FeedError) as caught:
+            fetch_feed(server.url("/feed"))
+    assert_one_line_error(caught, "TLS error", "CERTIFICATE_VERIFY_FAILED")
+

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import gzip
 import socket
+import ssl
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import TracebackType
 
 
@@ -112,10 +115,25 @@ class _Server(ThreadingHTTPServer):
 
 
 class FeedServer:
-    """A threaded http.server on an ephemeral port, stopped on exit."""
+    """A threaded http.server on an ephemeral port, stopped on exit.
 
-    def __init__(self) -> None:
+    `tls=True` serves https with a certificate for 127.0.0.1 from a throw-away CA
+    (trustme), written to `ca_file`: a client trusts it when SSL_CERT_FILE names it.
+    """
+
+    def __init__(self, *, tls: bool = False, scratch: Path | None = None) -> None:
         self._server = _Server(("127.0.0.1", 0), _Handler)
+        self.scheme = "https" if tls else "http"
+        self.ca_file: Path | None = None
+        if tls:
+            import trustme  # test dependency, only needed for TLS servers
+
+            ca = trustme.CA()
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ca.issue_cert("127.0.0.1").configure_cert(context)
+            self.ca_file = (scratch or Path(tempfile.mkdtemp(prefix="feedserver-"))) / "ca.pem"
+            ca.cert_pem.write_to_path(str(self.ca_file))
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self._server.routes = {}
         self._server.requests = []
         self._server.stopping = threading.Event()
@@ -141,7 +159,7 @@ class FeedServer:
     def url(self, path: str) -> str:
         host, port = self._server.server_address[:2]
         assert isinstance(host, str)  # an IPv4 server's address, never bytes
-        return f"http://{host}:{port}{path}"
+        return f"{self.scheme}://{host}:{port}{path}"
 
     def route(self, path: str, **options: object) -> Route:
         route = Route(**options)  # type: ignore[arg-type]
