@@ -152,3 +152,12 @@ def test_env_example_documents_every_setting() -> None:
     documented = set(re.findall(r"NEWSLETTER_[A-Z_]+", (ROOT / ".env.example").read_text()))
     assert set(ENV_NAMES.values()) <= documented
     assert documented <= set(ENV_NAMES.values())
+
+
+def test_every_setting_names_its_parser() -> None:
+    """A new field of Settings without a parser would only fail once someone sets it."""
+    from dataclasses import fields
+
+    from newsletter.config import PARSERS, Settings
+
+    assert set(PARSERS) == {setting.name for setting in fields(Settings)}
