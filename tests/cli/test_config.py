@@ -10,6 +10,7 @@ import pytest
 
 from newsletter.config import (
     ENV_NAMES,
+    PARSERS,
     Settings,
     known_names,
     load_settings,
@@ -156,8 +157,4 @@ def test_env_example_documents_every_setting() -> None:
 
 def test_every_setting_names_its_parser() -> None:
     """A new field of Settings without a parser would only fail once someone sets it."""
-    from dataclasses import fields
-
-    from newsletter.config import PARSERS, Settings
-
     assert set(PARSERS) == {setting.name for setting in fields(Settings)}
