@@ -45,23 +45,28 @@ def shared_sends(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
 
 
+#: Subscribers are joined inside the pick, so that each claim reads its 200 rows by
+#: key (a join after the UPDATE hashed the whole subscriber table per claim). Picking
+#: in id order after a cursor keeps a claim from walking past every row the send
+#: already finished: a sequential scan did, on statistics that still say "all pending".
 _CLAIM = sa.text(
     """
     WITH picked AS (
-        SELECT id FROM delivery
-        WHERE issue_id = :issue AND status = :status
-          AND (:any_time OR next_attempt_at IS NULL OR next_attempt_at <= :now)
-          AND (claimed_by IS NULL OR lease_until < :now)
+        SELECT d.id, d.subscriber_id, s.email, s.name, s.token
+        FROM delivery d JOIN subscriber s ON s.id = d.subscriber_id
+        WHERE d.issue_id = :issue AND d.status = :status AND d.id > :after
+          AND (:any_time OR d.next_attempt_at IS NULL OR d.next_attempt_at <= :now)
+          AND (d.claimed_by IS NULL OR d.lease_until < :now)
+        ORDER BY d.id
         LIMIT :n
-        FOR UPDATE SKIP LOCKED
+        FOR UPDATE OF d SKIP LOCKED
     ), claimed AS (
         UPDATE delivery d SET claimed_by = :me, lease_until = :until
         FROM picked WHERE d.id = picked.id
-        RETURNING d.id, d.subscriber_id, d.attempts
+        RETURNING d.id, picked.subscriber_id, picked.email, picked.name, picked.token,
+          d.attempts
     )
-    SELECT c.id, s.id, s.email, s.name, s.token, c.attempts
-    FROM claimed c JOIN subscriber s ON s.id = c.subscriber_id
-    ORDER BY c.id
+    SELECT * FROM claimed ORDER BY id
     """
 )
 
@@ -75,29 +80,41 @@ class Claims:
         self.issue_id = issue_id
         self.batch = batch
         self.held: deque[list[int]] = deque(maxlen=2)  # a batch may be half-committed
+        self.after = 0  # the last pending delivery claimed: the next pick goes on from it
         self.reaped = 0
 
     def claim(self) -> list[Recipient]:
-        """Claim up to `batch` due deliveries (pending first, then deferred ones now due)."""
+        """Claim up to `batch` due deliveries (pending first, then deferred ones now due).
+
+        Pending ones are taken in id order from where the last claim stopped; a pass
+        that finds too few starts again from the first id, for the ones handed back
+        before the cursor (requeued, released, or reaped from a dead worker).
+        """
         now = utcnow()
         out: list[Recipient] = []
         with self.engine.begin() as conn:
-            for status in (DeliveryStatus.PENDING, DeliveryStatus.DEFERRED):
-                rows = conn.execute(
-                    _CLAIM,
-                    {
-                        "issue": self.issue_id,
-                        "status": status,
-                        "any_time": status == DeliveryStatus.PENDING,  # deferred: when due
-                        "now": now,
-                        "n": self.batch - len(out),
-                        "me": self.worker_id,
-                        "until": now + LEASE,
-                    },
-                ).all()
-                out += [Recipient(*row) for row in rows]
-                if len(out) >= self.batch:
-                    break
+
+            def pick(status: DeliveryStatus, after: int) -> list[Recipient]:
+                params = {
+                    "issue": self.issue_id,
+                    "status": status,
+                    "after": after,
+                    "any_time": status == DeliveryStatus.PENDING,  # deferred: when due
+                    "now": now,
+                    "n": self.batch - len(out),
+                    "me": self.worker_id,
+                    "until": now + LEASE,
+                }
+                return [Recipient(*row) for row in conn.execute(_CLAIM, params)]
+
+            out += pick(DeliveryStatus.PENDING, self.after)
+            if len(out) < self.batch and self.after:
+                self.after = 0
+                out += pick(DeliveryStatus.PENDING, 0)
+            if out:
+                self.after = out[-1].delivery_id
+            if len(out) < self.batch:
+                out += pick(DeliveryStatus.DEFERRED, 0)
         self.held.append([r.delivery_id for r in out])
         return out
 

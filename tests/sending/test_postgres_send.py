@@ -143,6 +143,36 @@ def test_a_dead_workers_claims_return_after_the_lease_and_its_in_flight_become_u
     assert len(transport.sent) == 28
 
 
+def test_claims_go_on_in_id_order_and_come_back_for_rows_handed_back_behind(
+    tmp_path: Path,
+) -> None:
+    """A claim starts after the last one; rows given back before that point (released
+    by a stopped worker, requeued) are still found once the rows ahead run short."""
+    settings = settings_for(tmp_path)
+    engine = database(settings)
+    issue_id = _make_issue(engine, settings, 12)
+    stopped = Claims(engine, "stopped:1:a", issue_id, batch=4)
+    handed_back = [r.delivery_id for r in stopped.claim()]
+    stopped.release()
+    worker = Claims(engine, "on:2:b", issue_id, batch=4)
+    first = [r.delivery_id for r in worker.claim()]
+    assert first == handed_back  # the stopped worker's rows are free again
+    second = [r.delivery_id for r in worker.claim()]
+    assert min(second) > max(first)
+    with engine.begin() as conn:  # one of the first batch is requeued (back to pending)
+        conn.execute(
+            sa.text("UPDATE delivery SET claimed_by = NULL, lease_until = NULL WHERE id = :d"),
+            {"d": first[0]},
+        )
+    third = [r.delivery_id for r in worker.claim()]
+    assert min(third) > max(second) and len(third) == 4
+    fourth = [r.delivery_id for r in worker.claim()]
+    assert fourth == [first[0]]  # nothing left ahead: the pick starts again from the top
+    assert worker.claim() == []
+    every = first + second + third + fourth
+    assert len(set(every)) == 12 == len(every) - 1
+
+
 def test_a_live_workers_in_flight_messages_are_never_marked_unknown(tmp_path: Path) -> None:
     settings = settings_for(tmp_path)
     engine = database(settings)
