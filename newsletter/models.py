@@ -186,8 +186,8 @@ class DeliveryStatus(StrEnum):
 class Delivery(SQLModel, table=True):
     __tablename__ = "delivery"
     __table_args__ = (
+        # No index on status: it changes twice per send (see migration 0005).
         sa.UniqueConstraint("issue_id", "subscriber_id", name="uq_delivery_issue_subscriber"),
-        sa.Index("ix_delivery_issue_status", "issue_id", "status"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
