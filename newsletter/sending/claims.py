@@ -140,7 +140,8 @@ class Claims:
             yield from batch
 
     def held_ids(self) -> list[int]:
-        return [i for ids in self.held for i in ids]
+        """(Read by the heartbeat's thread while the sending one appends: from a copy.)"""
+        return [i for ids in list(self.held) for i in ids]
 
     def release(self) -> None:
         """Hand back what was claimed but not started (a stopped run): others may take it."""
