@@ -47,14 +47,15 @@ def shared_sends(engine: Engine) -> bool:
 
 #: Subscribers are joined inside the pick, so that each claim reads its 200 rows by
 #: key (a join after the UPDATE hashed the whole subscriber table per claim). Picking
-#: in id order after a cursor keeps a claim from walking past every row the send
-#: already finished: a sequential scan did, on statistics that still say "all pending".
+#: in id order after a cursor, within the issue's ids (`id_span`), keeps a claim from
+#: walking past the rows the send already finished or other issues' rows: a
+#: sequential scan did, on statistics that still say "all pending".
 _CLAIM = sa.text(
     """
     WITH picked AS (
         SELECT d.id, d.subscriber_id, s.email, s.name, s.token
         FROM delivery d JOIN subscriber s ON s.id = d.subscriber_id
-        WHERE d.issue_id = :issue AND d.status = :status AND d.id > :after
+        WHERE d.issue_id = :issue AND d.status = :status AND d.id > :after AND d.id <= :last
           AND (:any_time OR d.next_attempt_at IS NULL OR d.next_attempt_at <= :now)
           AND (d.claimed_by IS NULL OR d.lease_until < :now)
         ORDER BY d.id
@@ -71,6 +72,22 @@ _CLAIM = sa.text(
 )
 
 
+def id_span(engine: Engine, issue_id: int) -> tuple[int, int]:
+    """The lowest and highest delivery id of the issue; (1, 0) when it has none.
+
+    An issue's deliveries are all made by one INSERT when it is created, so its
+    rows lie within these ids: a walk in id order starts and stops there instead
+    of at the ends of a table that holds every issue ever sent.
+    """
+    # `id + 0`: read the issue's rows through its key; min(id) alone lets PostgreSQL walk
+    # the primary key from the table's first row, through every older issue's rows.
+    ids = D.c.id + 0
+    query = sa.select(sa.func.min(ids), sa.func.max(ids)).where(D.c.issue_id == issue_id)
+    with engine.connect() as conn:
+        first, last = conn.execute(query).one()
+    return (first, last) if first is not None else (1, 0)
+
+
 class Claims:
     """One worker's claims on one issue: a source of recipients for `dispatch.Sender`."""
 
@@ -80,6 +97,7 @@ class Claims:
         self.issue_id = issue_id
         self.batch = batch
         self.held: deque[list[int]] = deque(maxlen=2)  # a batch may be half-committed
+        self.span: tuple[int, int] | None = None  # the issue's ids (id_span), read once
         self.after = 0  # the last pending delivery claimed: the next pick goes on from it
         self.reaped = 0
 
@@ -87,9 +105,14 @@ class Claims:
         """Claim up to `batch` due deliveries (pending first, then deferred ones now due).
 
         Pending ones are taken in id order from where the last claim stopped; a pass
-        that finds too few starts again from the first id, for the ones handed back
-        before the cursor (requeued, released, or reaped from a dead worker).
+        that finds too few starts again from the issue's first id, for the ones handed
+        back before the cursor (requeued, released, or reaped from a dead worker).
         """
+        if self.span is None:
+            self.span = id_span(self.engine, self.issue_id)
+            self.after = self.span[0] - 1
+        first, last = self.span
+        start, cursor = first - 1, self.after  # picks take ids above `after`
         now = utcnow()
         out: list[Recipient] = []
         with self.engine.begin() as conn:
@@ -99,6 +122,7 @@ class Claims:
                     "issue": self.issue_id,
                     "status": status,
                     "after": after,
+                    "last": last,
                     "any_time": status == DeliveryStatus.PENDING,  # deferred: when due
                     "now": now,
                     "n": self.batch - len(out),
@@ -107,14 +131,14 @@ class Claims:
                 }
                 return [Recipient(*row) for row in conn.execute(_CLAIM, params)]
 
-            out += pick(DeliveryStatus.PENDING, self.after)
-            if len(out) < self.batch and self.after:
-                self.after = 0
-                out += pick(DeliveryStatus.PENDING, 0)
+            out += pick(DeliveryStatus.PENDING, cursor)
+            if len(out) < self.batch and cursor > start:
+                self.after = start
+                out += pick(DeliveryStatus.PENDING, start)
             if out:
                 self.after = out[-1].delivery_id
             if len(out) < self.batch:
-                out += pick(DeliveryStatus.DEFERRED, 0)
+                out += pick(DeliveryStatus.DEFERRED, start)
         self.held.append([r.delivery_id for r in out])
         return out
 

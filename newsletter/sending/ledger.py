@@ -5,13 +5,17 @@ The Ledger turns Finished (work.py) into DeliveryStatus changes and starts
 into `sending` marks, in one transaction per round of the dispatch loop. On
 SQLite the statements run on the driver connection directly: through
 SQLAlchemy each statement cost more than the commit itself (~200 us against
-~10 us), and these run once or twice per message. Other databases use the
-same statements as prebuilt SQLAlchemy Core, fenced by `claimed_by` on a
-shared send (claims.py), and retried on a deadlock or serialisation failure.
+~10 us), and these run once or twice per message. On PostgreSQL the common
+commit is one statement on psycopg; the rest, and other databases, run the
+same statements as prebuilt SQLAlchemy Core (all in ledgersql.py), fenced by
+`claimed_by` on a shared send (claims.py), and retried on a deadlock or
+serialisation failure.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,110 +23,36 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from newsletter.models import (
     Delivery,
     DeliveryStatus,
     Subscriber,
-    SubscriberStatus,
     table_of,
     utcnow,
+)
+from newsletter.sending.ledgersql import (
+    CLAIMED,
+    CORE,
+    PG_BOTH,
+    PG_BOTH_FENCED,
+    PG_SENT,
+    PG_START,
+    PG_START_FENCED,
+    SENT,
+    SQLITE,
+    SQLITE_SENT,
+    STATES,
 )
 from newsletter.sending.policy import Policy
 from newsletter.sending.work import BOUNCE, REQUEUE, Finished, Recipient
 
+log = logging.getLogger(__name__)
 D = table_of(Delivery)
 S = table_of(Subscriber)
 RETRIES = 5
 _RETRYABLE = {"40P01", "40001"}  # deadlock_detected, serialization_failure
-
-_P = sa.bindparam
-_ACTIVE = sa.select(S.c.id).where(S.c.id == _P("sid"), S.c.status == SubscriberStatus.ACTIVE)
-_FENCE = D.c.claimed_by == _P("me")  # shared sends: only the claimer may start it
-_CORE = {
-    "start": sa.update(D)
-    .where(D.c.id == _P("did"), D.c.status.in_(DeliveryStatus.OPEN), _ACTIVE.exists())
-    .values(
-        status=DeliveryStatus.SENDING,
-        message_id=_P("mid"),
-        attempts=D.c.attempts + 1,
-        updated_at=_P("now"),
-    ),
-    "skip": sa.update(D)
-    .where(D.c.id == _P("did"), D.c.status.in_(DeliveryStatus.OPEN))
-    .values(status=DeliveryStatus.SKIPPED, updated_at=_P("now"), last_error=_P("why")),
-    "finish": sa.update(D)
-    .where(D.c.id == _P("did"))
-    .values(
-        status=_P("status"),
-        last_error=_P("error"),
-        updated_at=_P("now"),
-        sent_at=_P("sent_at"),
-        next_attempt_at=_P("next_at"),
-        claimed_by=None,
-        lease_until=None,
-    ),
-    "bounce": sa.update(S)
-    .where(S.c.id == _P("sid"), S.c.status == SubscriberStatus.ACTIVE)
-    .values(status=SubscriberStatus.BOUNCED, updated_at=_P("now")),
-}
-_CLAIMED = {
-    **_CORE,
-    "start": _CORE["start"].where(_FENCE),
-    "skip": _CORE["skip"].where(_FENCE),
-}
-#: The same statements for SQLite's driver; the states are bound like any value
-#: (`_STATES`), so that they come from the enums as in the Core statements.
-_SQLITE = {
-    "start": "UPDATE delivery SET status = :sending, message_id = :mid,"
-    " attempts = attempts + 1, updated_at = :now"
-    " WHERE id = :did AND status IN (:pending, :deferred) AND EXISTS"
-    " (SELECT 1 FROM subscriber WHERE id = :sid AND status = :active)",
-    "skip": "UPDATE delivery SET status = :skipped, updated_at = :now, last_error = :why"
-    " WHERE id = :did AND status IN (:pending, :deferred)",
-    "finish": "UPDATE delivery SET status = :status, last_error = :error, updated_at = :now,"
-    " sent_at = :sent_at, next_attempt_at = :next_at WHERE id = :did",
-    "bounce": "UPDATE subscriber SET status = :bounced, updated_at = :now"
-    " WHERE id = :sid AND status = :active",
-}
-#: A plain `sent` outcome, the common case, recorded for many rows at once.
-_SQLITE_SENT = (
-    "UPDATE delivery SET status = ?, last_error = NULL, updated_at = ?, sent_at = ?,"
-    " next_attempt_at = NULL WHERE id = ?"
-)
-_SENT = DeliveryStatus.SENT.value
-#: The same bulk writes for psycopg (PostgreSQL); `claimed_by` is cleared as in "finish".
-_PG_SENT = (
-    "UPDATE delivery SET status = %(sent)s, last_error = NULL, updated_at = %(now)s,"
-    " sent_at = %(now)s, next_attempt_at = NULL, claimed_by = NULL, lease_until = NULL"
-    " WHERE id = ANY(%(done)s)"
-)
-_PG_START = (
-    "UPDATE delivery AS d SET status = %(sending)s, message_id = v.mid,"
-    " attempts = d.attempts + 1, updated_at = %(now)s"
-    " FROM unnest(%(ids)s::bigint[], %(mids)s::text[]) AS v(id, mid)"
-    " WHERE d.id = v.id AND d.status IN (%(pending)s, %(deferred)s) AND EXISTS"
-    " (SELECT 1 FROM subscriber AS s WHERE s.id = d.subscriber_id AND s.status = %(active)s)"
-)
-_PG_START_FENCED = _PG_START + " AND d.claimed_by = %(me)s RETURNING d.id"
-_PG_START += " RETURNING d.id"
-#: The common commit in one statement, run on its own (autocommit): the `sent` outcomes
-#: and the sending marks in one round trip instead of four (BEGIN, two UPDATEs, COMMIT).
-#: The two UPDATEs touch different rows (a delivery is finished only after it was started).
-_PG_BOTH = f"WITH done AS ({_PG_SENT} RETURNING 1) {{start}}"
-_PG_BOTH_FENCED = _PG_BOTH.format(start=_PG_START_FENCED)
-_PG_BOTH = _PG_BOTH.format(start=_PG_START)
-_STATES = {
-    "pending": DeliveryStatus.PENDING.value,  # pending and deferred: DeliveryStatus.OPEN
-    "deferred": DeliveryStatus.DEFERRED.value,
-    "sending": DeliveryStatus.SENDING.value,
-    "skipped": DeliveryStatus.SKIPPED.value,
-    "active": SubscriberStatus.ACTIVE.value,
-    "bounced": SubscriberStatus.BOUNCED.value,
-}
-
 
 T = TypeVar("T")
 
@@ -206,7 +136,7 @@ class Ledger:
             if conn.dialect.name == "sqlite":
                 return self._commit_sqlite(conn, writes)
             postgres = conn.dialect.name == "postgresql"
-            if postgres and all(done.status == _SENT for done in finished):
+            if postgres and all(done.status == SENT for done in finished):
                 return self._one_statement(conn, writes)
             return _retried(lambda: self._transaction(conn, writes))
 
@@ -218,7 +148,7 @@ class Ledger:
 
     def _one_statement(self, conn: Connection, writes: Writes) -> list[bool | None]:
         """The common commit on PostgreSQL (only `sent` outcomes): one statement in its
-        own transaction (`_PG_BOTH`). A start it could not mark (its subscriber left, or
+        own transaction (`PG_BOTH`). A start it could not mark (its subscriber left, or
         it is no longer ours) is settled after, in a transaction of its own: not marked,
         it was not sent, so nothing is lost in between."""
         raw = conn.connection.driver_connection
@@ -226,31 +156,42 @@ class Ledger:
             raise RuntimeError("the PostgreSQL connection is closed")
         ordered = sorted(writes.starts, key=lambda start: start[0].delivery_id)
         params = {
-            **_STATES,
-            "sent": _SENT,
+            **STATES,
+            "sent": SENT,
             "now": writes.now,
             "done": sorted(d.recipient.delivery_id for d in writes.finished),
             "ids": [r.delivery_id for r, _ in ordered],
             "mids": [m for _, m in ordered],
             "me": self.worker_id,
         }
-        statement = _PG_BOTH if self.worker_id is None else _PG_BOTH_FENCED
+        statement = PG_BOTH if self.worker_id is None else PG_BOTH_FENCED
 
         def run() -> set[int]:
             raw.autocommit = True  # the statement is its transaction (synchronous_commit on)
             try:
-                return {row[0] for row in raw.execute(statement, params).fetchall()}
-            finally:
-                raw.autocommit = False
+                rows = raw.execute(statement, params).fetchall()
+            except BaseException:
+                with contextlib.suppress(Exception):  # a lost connection: keep its error
+                    raw.autocommit = False
+                raise
+            raw.autocommit = False
+            return {row[0] for row in rows}
 
         taken = _retried(run)
         allowed: list[bool | None] = []
         for start in writes.starts:
             if start[0].delivery_id in taken:
                 allowed.append(True)
-            else:
-                rest = Writes([], [start], writes.now)
+                continue
+            rest = Writes([], [start], writes.now)
+            try:
                 allowed.append(_retried(partial(self._transaction, conn, rest))[0])
+            except Exception:
+                # The others' marks are committed: they must still go out, so no raise
+                # here. This one's transaction rolled back: it is not sent now, and stays
+                # open for a later pass; a broken connection fails the next commit.
+                log.exception("could not settle delivery %s", start[0].delivery_id)
+                allowed.append(None)
         return allowed
 
     def _apply_postgres(self, conn: Connection, writes: Writes) -> list[bool | None]:
@@ -263,24 +204,24 @@ class Ledger:
         if raw is None:
             raise RuntimeError("the PostgreSQL connection is closed")
         cursor = raw.cursor()
-        sent = sorted(d.recipient.delivery_id for d in finished if d.status == _SENT)
+        sent = sorted(d.recipient.delivery_id for d in finished if d.status == SENT)
         if sent:
-            cursor.execute(_PG_SENT, {"sent": _SENT, "now": now, "done": sent})
+            cursor.execute(PG_SENT, {"sent": SENT, "now": now, "done": sent})
         run = self._core_runner(conn)
         for done in finished:
-            if done.status != _SENT:
+            if done.status != SENT:
                 self._finish(run, done, now)
         if not starts:
             return []
         ordered = sorted(starts, key=lambda start: start[0].delivery_id)
         params = {
-            **_STATES,
+            **STATES,
             "now": now,
             "ids": [r.delivery_id for r, _ in ordered],
             "mids": [m for _, m in ordered],
             "me": self.worker_id,
         }
-        cursor.execute(_PG_START if self.worker_id is None else _PG_START_FENCED, params)
+        cursor.execute(PG_START if self.worker_id is None else PG_START_FENCED, params)
         taken = {row[0] for row in cursor.fetchall()}
         allowed: list[bool | None] = []
         for start in starts:
@@ -334,7 +275,7 @@ class Ledger:
         )
 
     def _core_runner(self, conn: Connection) -> Any:
-        statements = _CORE if self.worker_id is None else _CLAIMED
+        statements = CORE if self.worker_id is None else CLAIMED
 
         def run(name: str, params: dict[str, Any]) -> int:
             return conn.execute(statements[name], params).rowcount
@@ -352,7 +293,7 @@ class Ledger:
             for key in ("now", "sent_at", "next_at"):
                 if key in params:
                     params[key] = _sqlite_time(params[key])
-            return cursor.execute(_SQLITE[name], params | _STATES).rowcount
+            return cursor.execute(SQLITE[name], params | STATES).rowcount
 
         cursor.execute("BEGIN IMMEDIATE")
         try:
@@ -375,10 +316,10 @@ class Ledger:
         cursor: Any, finished: Sequence[Finished], stamp: str | None
     ) -> list[Finished]:
         """Record every plain `sent` in one executemany; returns the others (per row)."""
-        sent = [(done.recipient.delivery_id,) for done in finished if done.status == _SENT]
+        sent = [(done.recipient.delivery_id,) for done in finished if done.status == SENT]
         if sent:
-            cursor.executemany(_SQLITE_SENT, [(_SENT, stamp, stamp, did) for (did,) in sent])
-        return [done for done in finished if done.status != _SENT]
+            cursor.executemany(SQLITE_SENT, [(SENT, stamp, stamp, did) for (did,) in sent])
+        return [done for done in finished if done.status != SENT]
 
     @staticmethod
     def _start_in_bulk(
@@ -389,17 +330,17 @@ class Ledger:
         if not starts:
             return []
         params = [
-            dict(_STATES, did=r.delivery_id, sid=r.subscriber_id, mid=m, now=stamp)
+            dict(STATES, did=r.delivery_id, sid=r.subscriber_id, mid=m, now=stamp)
             for r, m in starts
         ]
-        cursor.executemany(_SQLITE["start"], params)
+        cursor.executemany(SQLITE["start"], params)
         ids = [r.delivery_id for r, _ in starts]
         marks = ",".join("?" * len(ids))
         taken = {
             row[0]
             for row in cursor.execute(
                 f"SELECT message_id FROM delivery WHERE id IN ({marks}) AND status = ?",  # noqa: S608 - only placeholders
-                [*ids, _STATES["sending"]],
+                [*ids, STATES["sending"]],
             )
         }
         return [True if m in taken else None for _, m in starts]

@@ -26,7 +26,7 @@ from newsletter.models import (
     table_of,
     utcnow,
 )
-from newsletter.sending.claims import LOST, reap, shared_sends
+from newsletter.sending.claims import LOST, id_span, reap, shared_sends
 from newsletter.sending.work import Recipient
 
 D = table_of(Delivery)
@@ -48,8 +48,10 @@ def is_due(now: datetime) -> sa.ColumnElement[bool]:
 
 
 def due_recipients(engine: Engine, issue_id: int, *, now: datetime) -> Iterator[Recipient]:
-    """Due deliveries of the issue, by id, in pages (one sender per database: SQLite)."""
-    last = 0
+    """Due deliveries of the issue, by id, in pages (one sender per database: SQLite);
+    each page a walk of the primary key within the issue's ids (claims.id_span)."""
+    first, top = id_span(engine, issue_id)
+    last = first - 1
     while True:
         query = (
             sa.select(D.c.id, S.c.id, S.c.email, S.c.name, S.c.token, D.c.attempts)
@@ -57,6 +59,7 @@ def due_recipients(engine: Engine, issue_id: int, *, now: datetime) -> Iterator[
             .where(
                 D.c.issue_id == issue_id,
                 D.c.id > last,
+                D.c.id <= top,
                 is_due(now),
             )
             .order_by(D.c.id)

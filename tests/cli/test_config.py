@@ -84,9 +84,7 @@ def test_a_delivering_command_needs_smtp_or_an_outbox_asked_for(tmp_path: Path) 
 
 
 @pytest.mark.parametrize("where", ["environment", ".env"])
-def test_an_unknown_name_is_an_error_naming_the_nearest_setting(
-    tmp_path: Path, where: str
-) -> None:
+def test_an_unknown_name_is_an_error_naming_the_nearest_setting(tmp_path: Path, where: str) -> None:
     """A typo must not fall back to a default (it sent an issue to the outbox)."""
     env_file = tmp_path / ".env"
     typo = {"NEWSLETTER_SMPT_URL": "smtp://mail.example.org"}

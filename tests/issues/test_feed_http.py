@@ -187,4 +187,3 @@ def test_https_feed_with_an_untrusted_certificate_is_one_line_error(tmp_path: Pa
         with pytest.raises(FeedError) as caught:
             fetch_feed(server.url("/feed"))
     assert_one_line_error(caught, "TLS error", "CERTIFICATE_VERIFY_FAILED")
-

@@ -214,6 +214,35 @@ def test_a_claim_taken_over_cannot_be_started_by_its_old_holder(tmp_path: Path) 
     assert set(_counts(engine)) == {DeliveryStatus.PENDING}
 
 
+def test_a_start_the_bulk_mark_left_over_cannot_undo_the_others_marks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The common commit marks its starts in one statement, then settles the ones it
+    could not mark row by row. If that fails, the marked ones must still go out:
+    their `sending` is committed, and a raise would leave them unknown."""
+    settings = settings_for(tmp_path)
+    engine = database(settings)
+    issue_id = _make_issue(engine, settings, 3)
+    worker = Claims(engine, "w:1:a", issue_id, batch=3)
+    batch = worker.claim()
+    with engine.begin() as conn:  # the last one left: it cannot be marked in bulk
+        conn.execute(
+            sa.text("UPDATE subscriber SET status = 'unsubscribed' WHERE id = :s"),
+            {"s": batch[2].subscriber_id},
+        )
+    book = Ledger(utcnow(), Policy(), worker_id="w:1:a")
+
+    def lost(*_: object) -> list[bool | None]:
+        raise sa.exc.OperationalError("UPDATE", {}, Exception("connection lost"))
+
+    monkeypatch.setattr(book, "_transaction", lost)
+    with engine.connect() as conn:
+        allowed = book.commit(conn, [], [(r, f"<m{r.delivery_id}@x>") for r in batch])
+    assert allowed == [True, True, None]
+    states = deliveries(engine)
+    assert [states[r.email] for r in batch] == ["sending", "sending", "pending"]
+
+
 def test_the_rate_budget_holds_across_workers(tmp_path: Path) -> None:
     settings = settings_for(tmp_path)
     engine = database(settings)
