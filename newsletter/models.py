@@ -90,9 +90,11 @@ class Subscriber(SQLModel, table=True):
     confirm_send_at: datetime | None = _when(index=True)
     confirm_attempts: int | None = Field(default=None)
     confirm_error: str | None = Field(default=None, max_length=200)  # a permanent refusal
-    # the welcome email (issue 13): owed from welcome_send_at on (None: none owed), once
+    # the welcome email (issue 13): owed from welcome_send_at on (None: none owed), once;
+    # welcome_sent_at: when it went; welcome_claimed_until: a sender's try holds it till then
     welcome_send_at: datetime | None = _when(index=True)
     welcome_sent_at: datetime | None = _when()
+    welcome_claimed_until: datetime | None = _when()
     welcome_attempts: int | None = Field(default=None)
 
 

@@ -16,10 +16,12 @@ left before it went.
 
 State on the row, so that the worker and `newsletter send` never both send it:
 
-    welcome_send_at   welcome_sent_at   meaning
-    None              any               nothing owed (sent, given up, or never owed)
-    T                 None              owed from T (T in the future: a backoff wait)
-    T                 set               claimed by a sender until T (a lease)
+    welcome_send_at   owed from then on (a future time: a backoff wait); None: nothing
+                      owed (sent, given up, or never owed)
+    welcome_sent_at   when it went; never set by anything else
+    welcome_claimed_until
+                      a sender is trying it: no other takes it until then (a lease,
+                      `owed.CLAIM_LEASE`; cleared when the try is settled)
 """
 
 from __future__ import annotations
@@ -210,15 +212,17 @@ class _Claimed:
     attempts: int
 
 
+def _unclaimed(now: datetime) -> sa.ColumnElement[bool]:
+    """No sender's try holds it (or its lease ran out: that sender died)."""
+    claimed_until = col(Subscriber.welcome_claimed_until)
+    return sa.or_(claimed_until.is_(None), claimed_until <= now)
+
+
 def _owed(now: datetime, *, ignore_backoff: bool) -> sa.ColumnElement[bool]:
+    """Owed and unclaimed; due now unless `newsletter send` ignores the backoff."""
     send_at = col(Subscriber.welcome_send_at)
-    if not ignore_backoff:
-        return sa.and_(send_at.is_not(None), send_at <= now)
-    # `newsletter send`: any owed one now, except one another sender holds (a live lease)
-    return sa.and_(
-        send_at.is_not(None),
-        sa.or_(col(Subscriber.welcome_sent_at).is_(None), send_at <= now),
-    )
+    due = sa.and_(send_at.is_not(None), _unclaimed(now))
+    return due if ignore_backoff else sa.and_(due, send_at <= now)
 
 
 def _claim(engine: Engine, sub_id: int, now: datetime, ignore_backoff: bool) -> _Claimed | None:
@@ -229,7 +233,7 @@ def _claim(engine: Engine, sub_id: int, now: datetime, ignore_backoff: bool) -> 
             return None
         if not ignore_backoff and sub.welcome_send_at > now:
             return None
-        if sub.welcome_sent_at is not None and sub.welcome_send_at > now:
+        if sub.welcome_claimed_until is not None and sub.welcome_claimed_until > now:
             return None  # another sender holds it
         if sub.status != SubscriberStatus.ACTIVE:
             sub.welcome_send_at = None  # they left before it went: never welcome them now
@@ -237,8 +241,7 @@ def _claim(engine: Engine, sub_id: int, now: datetime, ignore_backoff: bool) -> 
             return None
         attempts = (sub.welcome_attempts or 0) + 1
         sub.welcome_attempts = attempts
-        sub.welcome_sent_at = now  # claimed; kept when the server takes it
-        sub.welcome_send_at = now + owed.CLAIM_LEASE
+        sub.welcome_claimed_until = now + owed.CLAIM_LEASE
         session.add(sub)
         return _Claimed(sub_id, sub.email, sub.name, sub.token, attempts)
 
@@ -249,19 +252,19 @@ def _settle(engine: Engine, job: _Claimed, now: datetime, outcome: owed.Outcome)
         sub = session.get(Subscriber, job.id)
         if sub is None:
             return
+        sub.welcome_claimed_until = None
         if outcome is owed.Outcome.SENT:
             sub.welcome_sent_at = now
             sub.welcome_send_at = None
         else:  # the next try; or, refused for good or tried long enough, nothing owed
-            sub.welcome_sent_at = None
             retry = outcome is owed.Outcome.RETRY
             sub.welcome_send_at = owed.next_try(now, job.attempts, MAX_ATTEMPTS) if retry else None
         session.add(sub)
 
 
-def _postpone(engine: Engine, ids: list[int], until: datetime) -> None:
+def _postpone(engine: Engine, ids: list[int], until: datetime, now: datetime) -> None:
     """The rest of the batch waits too (unclaimed ones only: a claimed one has a lease)."""
-    owed.postpone(engine, ids, until, "welcome_send_at", col(Subscriber.welcome_sent_at).is_(None))
+    owed.postpone(engine, ids, until, "welcome_send_at", _unclaimed(now))
 
 
 def send_owed_welcomes(
@@ -299,7 +302,7 @@ def send_owed_welcomes(
         claim=lambda sub_id: _claim(engine, sub_id, now, ignore_backoff),
         message=lambda job: (job.email, message.personalise(job.email, job.name, job.token)),
         settle=lambda job, outcome, _reply: _settle(engine, job, now, outcome),
-        postpone_rest=lambda later, until: _postpone(engine, later, until),
+        postpone_rest=lambda later, until: _postpone(engine, later, until, now),
         what="welcome email",
         log=log,
     )
@@ -307,8 +310,11 @@ def send_owed_welcomes(
 
 
 def next_welcome_at(engine: Engine) -> datetime | None:
-    """When the next owed welcome falls due (None: none owed)."""
-    stmt = sa.select(sa.func.min(col(Subscriber.welcome_send_at)))
+    """When the next owed welcome falls due (None: none owed); a claimed one when its
+    lease ends, should its sender die."""
+    send_at, claimed_until = col(Subscriber.welcome_send_at), col(Subscriber.welcome_claimed_until)
+    due = sa.case((claimed_until > send_at, claimed_until), else_=send_at)
+    stmt = sa.select(sa.func.min(due)).where(send_at.is_not(None))
     with read_session(engine) as session:
         return session.execute(stmt).scalar_one_or_none()
 

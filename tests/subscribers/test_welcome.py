@@ -27,6 +27,7 @@ from newsletter.subscribers.manage import unsubscribe_by_token
 from newsletter.subscribers.signup import confirm_signup, request_signup
 from newsletter.subscribers.welcome import (
     describe_interval,
+    next_welcome_at,
     render_welcome,
     schedule,
     send_owed_welcomes,
@@ -201,6 +202,31 @@ def test_a_down_server_defers_the_welcome_with_backoff_and_status_counts_it(
     assert send_owed_mail(engine, live).welcomes.sent == 1
     assert [m.rcpt_tos for m in _welcomes(smtp_server)] == [["wait@example.org"]]
     assert status_report(engine).welcomes_owed == 0
+
+
+def test_a_try_in_progress_holds_a_lease_and_never_looks_sent(
+    tmp_path: Path, smtp_server: SMTPServer
+) -> None:
+    """A sender's try is `welcome_claimed_until` alone: the row never says "sent" before
+    the server took it, no other sender (not even `newsletter send`) takes it while the
+    lease runs, and once it ran out (that sender died) the welcome goes."""
+    settings, engine = _setup(tmp_path, smtp_server)
+    _sign_up_and_confirm(engine, settings, "held@example.org")
+    now = utcnow()
+    with write_session(engine) as session:  # another sender's try, under way
+        row = session.exec(select(Subscriber).where(Subscriber.email == "held@example.org")).one()
+        row.welcome_claimed_until = now + timedelta(minutes=15)
+        session.add(row)
+    held = _row(engine, "held@example.org")
+    assert held.welcome_sent_at is None and held.welcome_send_at is not None
+    assert status_report(engine).welcomes_owed == 1
+    assert next_welcome_at(engine) == held.welcome_claimed_until  # when its lease ends
+    assert send_owed_welcomes(engine, settings, ignore_backoff=True, now=now).sent == 0
+    later = now + timedelta(minutes=16)  # the lease ran out: its sender died
+    assert send_owed_welcomes(engine, settings, ignore_backoff=True, now=later).sent == 1
+    row = _row(engine, "held@example.org")
+    assert row.welcome_sent_at == later and row.welcome_claimed_until is None
+    assert row.welcome_send_at is None
 
 
 def test_the_welcome_templates_are_overridable(tmp_path: Path, smtp_server: SMTPServer) -> None:

@@ -30,6 +30,32 @@ def test_migrations_go_down_and_up_again(tmp_path: Path) -> None:
     assert "delivery" in sa.inspect(engine).get_table_names()
 
 
+def test_0006_turns_an_old_style_welcome_lease_into_the_new_column_and_back(
+    tmp_path: Path,
+) -> None:
+    """Before 0006 a try in progress was `welcome_sent_at` set with a future
+    `welcome_send_at`; after it, `welcome_claimed_until` alone (sent_at means sent)."""
+    url = f"sqlite:///{tmp_path / 'lease.db'}"
+    engine = open_database(url)
+    downgrade_to(engine, "0005")
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO subscriber (email, email_key, status, token, created_at, updated_at,"
+            " welcome_send_at, welcome_sent_at) VALUES ('a@example.org', 'a@example.org',"
+            " 'active', 't1', '2026-12-01 10:00:00.000000', '2026-12-01 10:00:00.000000',"
+            " '2026-12-01 10:15:00.000000', '2026-12-01 10:00:00.000000')"
+        )
+    engine = open_database(url)  # up to head again
+    query = "SELECT welcome_send_at, welcome_sent_at, welcome_claimed_until FROM subscriber"
+    with engine.connect() as conn:
+        row = conn.exec_driver_sql(query).one()
+    assert row[1] is None and row[0] == row[2] == "2026-12-01 10:15:00.000000"
+    downgrade_to(engine, "0005")
+    with engine.connect() as conn:
+        old = conn.exec_driver_sql("SELECT welcome_send_at, welcome_sent_at FROM subscriber").one()
+    assert old[0] == old[1] == "2026-12-01 10:15:00.000000"  # leased, the old way
+
+
 def test_sqlite_is_in_wal_mode(tmp_path: Path) -> None:
     engine = open_database(f"sqlite:///{tmp_path / 'wal.db'}")
     with engine.connect() as conn:

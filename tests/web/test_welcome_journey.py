@@ -96,15 +96,15 @@ def _sign_up_on_our_page(page: Page, site: Site, email: str) -> None:
 def _after_the_workers_try(site: Site, email: str) -> Subscriber:
     """The row once `serve`'s worker has tried the welcome and settled the try.
 
-    While a try is under way the row holds a lease (both `welcome_send_at` and
-    `welcome_sent_at` set, see newsletter.subscribers.welcome): read then, it would
-    look both sent and owed. The message can reach the server before the try settles.
+    While a try is under way the row holds a lease (`welcome_claimed_until`, see
+    newsletter.subscribers.welcome), and the message can reach the server before the
+    try is settled.
     """
     deadline = time.monotonic() + 15
     while True:
         row = site.row(email)
         assert row is not None
-        leased = row.welcome_send_at is not None and row.welcome_sent_at is not None
+        leased = row.welcome_claimed_until is not None
         settled = (row.welcome_attempts or 0) >= 1 and not leased
         if settled or time.monotonic() > deadline:
             return row
