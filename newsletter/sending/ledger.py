@@ -25,21 +25,12 @@ from typing import Any, TypeVar
 
 from sqlalchemy.engine import Connection
 
-from newsletter.models import (
-    Delivery,
-    DeliveryStatus,
-    Subscriber,
-    table_of,
-    utcnow,
-)
+from newsletter.models import DeliveryStatus, utcnow
 from newsletter.sending.ledgersql import (
     CLAIMED,
     CORE,
     PG_BOTH,
     PG_BOTH_FENCED,
-    PG_SENT,
-    PG_START,
-    PG_START_FENCED,
     SENT,
     SQLITE,
     SQLITE_SENT,
@@ -49,8 +40,6 @@ from newsletter.sending.policy import Policy
 from newsletter.sending.work import BOUNCE, REQUEUE, Finished, Recipient
 
 log = logging.getLogger(__name__)
-D = table_of(Delivery)
-S = table_of(Subscriber)
 RETRIES = 5
 _RETRYABLE = {"40P01", "40001"}  # deadlock_detected, serialization_failure
 
@@ -69,6 +58,14 @@ def _retried(write: Callable[[], T]) -> T:
     raise AssertionError("unreachable")
 
 
+def _driver(conn: Connection) -> Any:
+    """The driver's own connection under `conn` (psycopg, sqlite3)."""
+    raw = conn.connection.driver_connection
+    if raw is None:
+        raise RuntimeError("the database connection is closed")
+    return raw
+
+
 def _sqlite_time(value: datetime | None) -> str | None:
     """The text SQLAlchemy's SQLite DateTime stores (naive UTC), so both paths agree."""
     if value is None:
@@ -84,6 +81,10 @@ class Writes:
     finished: Sequence[Finished]
     starts: Sequence[tuple[Recipient, str]]
     now: datetime
+
+    def only(self, start: tuple[Recipient, str]) -> Writes:
+        """This one start alone, at the same time (settled row by row)."""
+        return Writes([], [start], self.now)
 
 
 class Ledger:
@@ -146,14 +147,10 @@ class Ledger:
                 return self._apply_postgres(conn, writes)
             return self._apply(self._core_runner(conn), writes)
 
-    def _one_statement(self, conn: Connection, writes: Writes) -> list[bool | None]:
-        """The common commit on PostgreSQL (only `sent` outcomes): one statement in its
-        own transaction (`PG_BOTH`). A start it could not mark (its subscriber left, or
-        it is no longer ours) is settled after, in a transaction of its own: not marked,
-        it was not sent, so nothing is lost in between."""
-        raw = conn.connection.driver_connection
-        if raw is None:
-            raise RuntimeError("the PostgreSQL connection is closed")
+    def _mark(self, raw: Any, writes: Writes) -> set[int]:
+        """`PG_BOTH` on psycopg: the `sent` outcomes of `writes` and its sending marks in
+        one statement; the ids it marked. Through Core each statement cost a round trip
+        and its compile."""
         ordered = sorted(writes.starts, key=lambda start: start[0].delivery_id)
         params = {
             **STATES,
@@ -165,17 +162,25 @@ class Ledger:
             "me": self.worker_id,
         }
         statement = PG_BOTH if self.worker_id is None else PG_BOTH_FENCED
+        return {row[0] for row in raw.execute(statement, params).fetchall()}
+
+    def _one_statement(self, conn: Connection, writes: Writes) -> list[bool | None]:
+        """The common commit on PostgreSQL (only `sent` outcomes): `_mark` in its own
+        transaction (autocommit: one round trip, synchronous_commit on). A start it could
+        not mark (its subscriber left, or it is no longer ours) is settled after, in a
+        transaction of its own: not marked, it was not sent, so nothing is lost between."""
+        raw = _driver(conn)
 
         def run() -> set[int]:
-            raw.autocommit = True  # the statement is its transaction (synchronous_commit on)
+            raw.autocommit = True
             try:
-                rows = raw.execute(statement, params).fetchall()
+                taken = self._mark(raw, writes)
             except BaseException:
                 with contextlib.suppress(Exception):  # a lost connection: keep its error
                     raw.autocommit = False
                 raise
             raw.autocommit = False
-            return {row[0] for row in rows}
+            return taken
 
         taken = _retried(run)
         allowed: list[bool | None] = []
@@ -183,9 +188,8 @@ class Ledger:
             if start[0].delivery_id in taken:
                 allowed.append(True)
                 continue
-            rest = Writes([], [start], writes.now)
             try:
-                allowed.append(_retried(partial(self._transaction, conn, rest))[0])
+                allowed.append(_retried(partial(self._transaction, conn, writes.only(start)))[0])
             except Exception:
                 # The others' marks are committed: they must still go out, so no raise
                 # here. This one's transaction rolled back: it is not sent now, and stays
@@ -195,41 +199,21 @@ class Ledger:
         return allowed
 
     def _apply_postgres(self, conn: Connection, writes: Writes) -> list[bool | None]:
-        """`_apply` on psycopg directly: the plain `sent` outcomes in one UPDATE, the
-        sending marks in one UPDATE ... FROM unnest(...) RETURNING; the rare rest (other
-        outcomes, starts that did not take) row by row through Core, in the same
-        transaction. Through Core each statement cost a round trip and its compile."""
-        finished, starts, now = writes.finished, writes.starts, writes.now
-        raw = conn.connection.driver_connection
-        if raw is None:
-            raise RuntimeError("the PostgreSQL connection is closed")
-        cursor = raw.cursor()
-        sent = sorted(d.recipient.delivery_id for d in finished if d.status == SENT)
-        if sent:
-            cursor.execute(PG_SENT, {"sent": SENT, "now": now, "done": sent})
+        """Inside the caller's transaction: the other outcomes row by row through Core,
+        `_mark` for the `sent` ones and the starts, and the starts it left over row by
+        row (their subscriber left, or they are no longer ours or open)."""
         run = self._core_runner(conn)
-        for done in finished:
+        for done in writes.finished:
             if done.status != SENT:
-                self._finish(run, done, now)
-        if not starts:
+                self._finish(run, done, writes.now)
+        sent = [done for done in writes.finished if done.status == SENT]
+        if not sent and not writes.starts:
             return []
-        ordered = sorted(starts, key=lambda start: start[0].delivery_id)
-        params = {
-            **STATES,
-            "now": now,
-            "ids": [r.delivery_id for r, _ in ordered],
-            "mids": [m for _, m in ordered],
-            "me": self.worker_id,
-        }
-        cursor.execute(PG_START if self.worker_id is None else PG_START_FENCED, params)
-        taken = {row[0] for row in cursor.fetchall()}
-        allowed: list[bool | None] = []
-        for start in starts:
-            if start[0].delivery_id in taken:
-                allowed.append(True)
-            else:  # its subscriber left (skip it), or it is no longer ours or open
-                allowed.append(self._apply(run, Writes([], [start], now))[0])
-        return allowed
+        taken = self._mark(_driver(conn), Writes(sent, writes.starts, writes.now))
+        return [
+            True if start[0].delivery_id in taken else self._apply(run, writes.only(start))[0]
+            for start in writes.starts
+        ]
 
     def _apply(self, run: Any, writes: Writes) -> list[bool | None]:
         """Through Core (or `run`), row by row: the general path, and the rare rows
@@ -284,10 +268,7 @@ class Ledger:
 
     def _commit_sqlite(self, conn: Connection, writes: Writes) -> list[bool | None]:
         finished, starts, now = writes.finished, writes.starts, writes.now
-        raw = conn.connection.driver_connection  # sqlite3, autocommit (see db.py)
-        if raw is None:
-            raise RuntimeError("the SQLite connection is closed")
-        cursor = raw.cursor()
+        cursor = _driver(conn).cursor()  # sqlite3, autocommit (see db.py)
 
         def run(name: str, params: dict[str, Any]) -> int:
             for key in ("now", "sent_at", "next_at"):
@@ -304,7 +285,7 @@ class Ledger:
             allowed = self._start_in_bulk(cursor, starts, stamp)
             for i, ok in enumerate(allowed):
                 if ok is None:  # not started: its subscriber left, or it is not open
-                    allowed[i] = self._apply(run, Writes([], [starts[i]], now))[0]
+                    allowed[i] = self._apply(run, writes.only(starts[i]))[0]
         except BaseException:
             cursor.execute("ROLLBACK")
             raise
