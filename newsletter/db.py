@@ -219,6 +219,13 @@ def write_session(engine: Engine) -> Iterator[Session]:
         session.flush()
 
 
+def hold_writes(session: Session, table: str) -> None:
+    """Keep others from writing `table` until this transaction ends (PostgreSQL's SHARE
+    lock; reads go on). SQLite's writer (BEGIN IMMEDIATE) already excludes the others."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(sa.text(f"LOCK TABLE {table} IN SHARE MODE"))
+
+
 @contextmanager
 def read_session(engine: Engine) -> Iterator[Session]:
     """A session for reading; never commits."""

@@ -2,7 +2,8 @@
 
 Due: `pending`, or `deferred` and its retry time has come (`is_due`). Around
 the passes of a send: `recover` turns what a crash left `sending` into
-`unknown` (the server may have it, so never back to pending); `reopen` puts
+`unknown` (the server may have it, so never back to pending), and
+`settle_erased` skips what no subscriber is left for; `reopen` puts
 unknown or failed deliveries back to pending on purpose (--retry-unknown,
 --retry-failed); `finish_if_done` marks an issue sent once none of its
 deliveries is unfinished (DeliveryStatus.UNFINISHED).
@@ -123,6 +124,28 @@ def recover(engine: Engine, issue_id: int | None = None) -> int:
     if issue_id is not None:
         query = query.where(D.c.issue_id == issue_id)
     query = query.values(status=DeliveryStatus.UNKNOWN, last_error=LOST, updated_at=utcnow())
+    with write_transaction(engine) as conn:
+        return conn.execute(query).rowcount
+
+
+#: Delivery.last_error of a delivery settled by `settle_erased`
+ERASED = "its subscriber was erased: nobody to send it to"
+
+
+def settle_erased(engine: Engine) -> int:
+    """Open deliveries of unfinished issues whose subscriber row is gone become `skipped`.
+
+    A delivery has no foreign key to its subscriber (migration 0007) and `subscribers
+    forget` deletes both, so only a hand edit leaves one; the claims join the
+    subscriber and would never pick it, and its issue would never end.
+    """
+    unfinished = sa.select(ISSUES.c.id).where(ISSUES.c.status == IssueStatus.SENDING)
+    gone = ~sa.exists().where(S.c.id == D.c.subscriber_id)
+    query = (
+        sa.update(D)
+        .where(D.c.issue_id.in_(unfinished), D.c.status.in_(DeliveryStatus.OPEN), gone)
+        .values(status=DeliveryStatus.SKIPPED, last_error=ERASED, updated_at=utcnow())
+    )
     with write_transaction(engine) as conn:
         return conn.execute(query).rowcount
 

@@ -31,7 +31,7 @@ from newsletter.models import Issue, Story, utcnow
 from newsletter.sending.deliver import IssueResult
 from newsletter.sending.lock import creation_lock
 from newsletter.sending.options import SendOptions, SendResult
-from newsletter.sending.queue import recover, reopen
+from newsletter.sending.queue import recover, reopen, settle_erased
 
 #: sends one issue (resumed or new) and returns what happened to it
 DeliverIssue = Callable[[Issue, bool], IssueResult]
@@ -57,6 +57,7 @@ class IssueSequence:
         """Recover, finish unfinished issues, then make and send new ones."""
         with phases.phase(phases.RECOVERY):
             lost = recover(self.engine)
+            settle_erased(self.engine)
         if lost:
             self.result.notes.append(
                 f"{lost} deliveries were interrupted mid-send and are marked unknown "

@@ -21,7 +21,14 @@ from sqlmodel import Session, col, select
 from newsletter.db import read_session, write_session
 from newsletter.errors import SubscriberError
 from newsletter.mail.addresses import clean_name, email_hash, normalise_address
-from newsletter.models import Delivery, Subscriber, SubscriberStatus, Suppression, utcnow
+from newsletter.models import (
+    BounceEvent,
+    Delivery,
+    Subscriber,
+    SubscriberStatus,
+    Suppression,
+    utcnow,
+)
 from newsletter.subscribers.csvformats import neutralise_cell
 
 EXPORT_COLUMNS = (
@@ -222,18 +229,37 @@ def export_csv(engine: Engine, out: TextIO) -> int:
 
 
 def forget_subscriber(engine: Engine, email: str) -> ForgetResult:
-    """GDPR erasure: delete the row and its deliveries, keep only a hash as suppression."""
+    """GDPR erasure: delete the row, its deliveries and its bounce reports (they hold
+    the address), keep only a hash as suppression.
+
+    The row goes before its deliveries: making an issue locks the subscriber table
+    against writes while it inserts (issues/create.py), so its INSERT either comes
+    first, and its rows are seen and deleted here, or after, and no longer sees this
+    subscriber. Deliveries have no foreign key to rely on (migration 0007).
+    """
     addr = normalise_address(email)
     digest = email_hash(addr.key)
     with write_session(engine) as session:
         sub = _find(session, addr.key)
         deliveries = 0
         if sub is not None:
+            theirs = sa.select(col(Delivery.id)).where(col(Delivery.subscriber_id) == sub.id)
+            recipient = sa.func.lower(col(BounceEvent.recipient))
+            session.execute(
+                sa.delete(BounceEvent).where(
+                    sa.or_(
+                        col(BounceEvent.subscriber_id) == sub.id,
+                        col(BounceEvent.delivery_id).in_(theirs),
+                        recipient.in_({addr.key, addr.email.lower()}),
+                    )
+                )
+            )
+            session.execute(sa.delete(Subscriber).where(col(Subscriber.id) == sub.id))
             stmt = sa.delete(Delivery).where(col(Delivery.subscriber_id) == sub.id)
             result = session.execute(stmt)
             # Session.execute is typed as Result; a DELETE gives a CursorResult, which counts
             deliveries = result.rowcount or 0  # type: ignore[attr-defined]
-            session.delete(sub)
+            session.expunge(sub)
         if not is_suppressed(session, addr.key):
             session.add(Suppression(email_hash=digest, reason=FORGOTTEN))
         return ForgetResult(addr.email, sub is not None, deliveries)

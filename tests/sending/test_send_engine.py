@@ -17,7 +17,7 @@ from newsletter.models import DeliveryStatus, SubscriberStatus
 from newsletter.sending.lease import Holder
 from newsletter.sending.lock import SendLockHolder
 from newsletter.sending.options import SendOptions
-from newsletter.sending.queue import recover
+from newsletter.sending.queue import ERASED, recover
 from newsletter.sending.run import run_send
 from tests.support.helpers import (
     NEXT_FEED,
@@ -170,6 +170,38 @@ def test_resume_after_interruption_sends_each_subscriber_once(tmp_path: Path) ->
     assert len(resent) == len(set(resent))
     assert delivered | set(resent) | set(in_flight) == set(many(20))
     assert len(in_flight) <= 1
+
+
+def test_a_delivery_whose_subscriber_row_was_deleted_by_hand_is_skipped_and_the_issue_ends(
+    tmp_path: Path,
+) -> None:
+    """Deliveries have no foreign key (migration 0007): a row deleted outside
+    `subscribers forget` leaves its delivery, which the claims would never pick."""
+    settings, engine = with_subscribers(tmp_path, many(6))
+    calls = {"n": 0}
+
+    def interrupted(mail_from: str, rcpt: str, data: bytes) -> Reply:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return Reply(250, "OK")
+
+    assert _send(engine, settings, MemoryTransport(responder=interrupted)).error is not None
+    gone = many(6)[5]
+    with engine.begin() as conn:
+        sid = conn.execute(
+            sa.text("SELECT id FROM subscriber WHERE email=:e"), {"e": gone}
+        ).scalar()
+        conn.execute(sa.text("DELETE FROM subscriber WHERE id=:i"), {"i": sid})
+    transport = MemoryTransport()
+    again = _send(engine, settings, transport)
+    assert again.error is None and again.issues[0].finished
+    assert gone not in [m.rcpt for m in transport.sent]
+    with engine.connect() as conn:
+        status, why = conn.execute(
+            sa.text("SELECT status, last_error FROM delivery WHERE subscriber_id=:i"), {"i": sid}
+        ).one()
+    assert (status, why) == (DeliveryStatus.SKIPPED, ERASED)
 
 
 def test_crash_leftovers_become_unknown_not_pending(tmp_path: Path) -> None:

@@ -13,7 +13,14 @@ from sqlmodel import select
 from newsletter.db import open_database, read_session, write_session
 from newsletter.errors import SubscriberError
 from newsletter.mail.addresses import email_hash
-from newsletter.models import Delivery, Issue, Subscriber, SubscriberStatus, Suppression
+from newsletter.models import (
+    BounceEvent,
+    Delivery,
+    Issue,
+    Subscriber,
+    SubscriberStatus,
+    Suppression,
+)
 from newsletter.subscribers.importer import import_contacts
 from newsletter.subscribers.manage import (
     EXPORT_COLUMNS,
@@ -233,6 +240,33 @@ def test_forget_erases_row_and_deliveries_and_suppresses(engine: Engine, tmp_pat
     assert not forget_subscriber(engine, "ana@example.org").deleted
     with read_session(engine) as session:
         assert len(session.exec(select(Suppression)).all()) == 1
+
+
+def test_forget_erases_the_bounce_reports_that_hold_the_address(engine: Engine) -> None:
+    """A bounce report keeps the address it was about; an erasure takes it too (a
+    report tied to the row used to make forget fail on its foreign key)."""
+    sub = add_subscriber(engine, "ana@example.org", "Ana").subscriber
+    other = add_subscriber(engine, "bo@example.org", "Bo").subscriber
+    assert sub is not None and other is not None
+    with write_session(engine) as session:
+        issue = Issue(subject="s", html="h", text="t")
+        session.add(issue)
+        session.flush()
+        delivery = Delivery(issue_id=issue.id, subscriber_id=sub.id)  # type: ignore[arg-type]
+        session.add(delivery)
+        session.flush()
+        reports = [
+            dict(subscriber_id=sub.id, delivery_id=delivery.id, recipient="ana@example.org"),
+            dict(delivery_id=delivery.id),  # matched by its delivery alone
+            dict(recipient="ANA@example.org"),  # matched to nobody, by address only
+            dict(subscriber_id=other.id, recipient="bo@example.org"),
+        ]
+        for n, fields in enumerate(reports):
+            session.add(BounceEvent(report_id=f"r{n}", kind="hard", **fields))  # type: ignore[arg-type]
+    assert forget_subscriber(engine, "Ana@example.org").deleted
+    with read_session(engine) as session:
+        left = session.exec(select(BounceEvent.recipient)).all()
+    assert left == ["bo@example.org"]
 
 
 def test_signup_stores_the_decoded_cleaned_name(engine: Engine, tmp_path: Path) -> None:

@@ -61,3 +61,52 @@ def test_sqlite_is_in_wal_mode(tmp_path: Path) -> None:
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+
+
+def test_0007_takes_the_delivery_keys_off_and_puts_them_back_keeping_the_rows(
+    tmp_path: Path,
+) -> None:
+    """SQLite drops a constraint by rebuilding the table: the rows, the unique pair and
+    the subscriber index must come through both ways."""
+    url = f"sqlite:///{tmp_path / 'keys.db'}"
+    engine = open_database(url)
+    downgrade_to(engine, "0006")
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO subscriber (id, email, email_key, name, status,"
+                " token, created_at, updated_at) VALUES (1, 'a@example.org',"
+                " 'a@example.org', '', 'active', 't', '2026-01-01', '2026-01-01')"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO issue (id, subject, html, text, status, created_at)"
+                " VALUES (1, 's', 'h', 't', 'sent', '2026-01-01')"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO delivery (issue_id, subscriber_id, status, attempts,"
+                " updated_at) VALUES (1, 1, 'sent', 1, '2026-01-01')"
+            )
+        )
+
+    def keys() -> list[str]:
+        return sorted(
+            fk["referred_table"] for fk in sa.inspect(engine).get_foreign_keys("delivery")
+        )
+
+    assert keys() == ["issue", "subscriber"]
+    engine.dispose()
+    engine = open_database(url)  # up to head again
+    assert keys() == []
+    inspector = sa.inspect(engine)
+    assert [u["column_names"] for u in inspector.get_unique_constraints("delivery")] == [
+        ["issue_id", "subscriber_id"]
+    ]
+    assert [i["column_names"] for i in inspector.get_indexes("delivery")] == [["subscriber_id"]]
+    downgrade_to(engine, "0006")
+    assert keys() == ["issue", "subscriber"]
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM delivery")).scalar_one() == 1
