@@ -96,3 +96,27 @@ def test_a_sends_sqlite_connections_keep_a_small_page_cache(tmp_path: Path) -> N
             sizes[command] = conn.exec_driver_sql("PRAGMA cache_size").scalar()
         app.engine.dispose()
     assert sizes == {"send": -256, "import": -2000}
+
+
+def test_send_freezes_its_imports_and_thaws_them_when_it_ends(tmp_path: Path) -> None:
+    """A send freezes what exists after its imports (its collections never walk them), and
+    thaws it when the command ends, for a process that runs several commands (tests)."""
+    import gc
+
+    from click.testing import CliRunner
+
+    from newsletter.cli import main
+    from newsletter.db import open_database
+
+    env = {**BASE_ENV, "NEWSLETTER_DATABASE_URL": f"sqlite:///{tmp_path / 'news.db'}"}
+    env |= {"NEWSLETTER_FEED_URL": str(SAMPLE_FEED), "NEWSLETTER_OUTBOX": str(tmp_path / "out")}
+    add_subscribers(open_database(env["NEWSLETTER_DATABASE_URL"]), many(2))
+    seen: list[int] = []
+    gc.callbacks.append(seen_frozen := lambda phase, info: seen.append(gc.get_freeze_count()))
+    try:
+        result = CliRunner().invoke(main, ["send"], env=env)
+    finally:
+        gc.callbacks.remove(seen_frozen)
+    assert result.exit_code == 0, result.output
+    assert max(seen, default=0) > 0  # frozen while it ran
+    assert gc.get_freeze_count() == 0
