@@ -140,10 +140,14 @@ def settle_erased(engine: Engine) -> int:
     subscriber and would never pick it, and its issue would never end.
     """
     unfinished = sa.select(ISSUES.c.id).where(ISSUES.c.status == IssueStatus.SENDING)
+    with engine.connect() as conn:
+        issue_ids = list(conn.execute(unfinished).scalars())
+    if not issue_ids:  # the common case; a query over them all would scan every delivery
+        return 0
     gone = ~sa.exists().where(S.c.id == D.c.subscriber_id)
     query = (
         sa.update(D)
-        .where(D.c.issue_id.in_(unfinished), D.c.status.in_(DeliveryStatus.OPEN), gone)
+        .where(D.c.issue_id.in_(issue_ids), D.c.status.in_(DeliveryStatus.OPEN), gone)
         .values(status=DeliveryStatus.SKIPPED, last_error=ERASED, updated_at=utcnow())
     )
     with write_transaction(engine) as conn:
