@@ -219,11 +219,21 @@ def write_session(engine: Engine) -> Iterator[Session]:
         session.flush()
 
 
-def hold_writes(session: Session, table: str) -> None:
-    """Keep others from writing `table` until this transaction ends (PostgreSQL's SHARE
-    lock; reads go on). SQLite's writer (BEGIN IMMEDIATE) already excludes the others."""
+#: pg_advisory_xact_lock key that keeps apart a subscriber's erasure and the making of an
+#: issue's deliveries (`fence_erasures`); any constant, distinct from sending/lock.py's.
+ERASURE_LOCK_KEY = 0x6E6C_6572  # "nler"
+
+
+def fence_erasures(session: Session) -> None:
+    """Until this transaction ends, no subscriber is erased while an issue's deliveries
+    are made, and the other way round (PostgreSQL: an advisory lock that only those two
+    take, so imports and signups go on; SQLite's one writer already excludes them).
+
+    A delivery has no foreign key to its subscriber (migration 0007): without this, an
+    issue's INSERT could read a subscriber that `forget` deletes before it commits.
+    """
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(sa.text(f"LOCK TABLE {table} IN SHARE MODE"))
+        session.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": ERASURE_LOCK_KEY})
 
 
 @contextmanager

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
 from newsletter.config import Settings
-from newsletter.db import hold_writes, read_session, write_session
+from newsletter.db import fence_erasures, read_session, write_session
 from newsletter.issues.feed import Feed, FeedStory
 from newsletter.issues.fetch import FetchResult
 from newsletter.issues.render import (
@@ -310,9 +310,7 @@ def create_issue(
         session.flush()
         now = utcnow()
         with phase(DELIVERY_ROWS):
-            # No foreign key checks these rows (migration 0007): no subscriber may go
-            # while they go in (subscribers forget deletes the row, then its deliveries).
-            hold_writes(session, "subscriber")
+            fence_erasures(session)  # no foreign key checks these rows (migration 0007)
             session.execute(
                 sa.insert(Delivery).from_select(
                     ["issue_id", "subscriber_id", "status", "attempts", "updated_at"],

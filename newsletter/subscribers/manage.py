@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from newsletter.db import read_session, write_session
+from newsletter.db import fence_erasures, read_session, write_session
 from newsletter.errors import SubscriberError
 from newsletter.mail.addresses import clean_name, email_hash, normalise_address
 from newsletter.models import (
@@ -232,14 +232,14 @@ def forget_subscriber(engine: Engine, email: str) -> ForgetResult:
     """GDPR erasure: delete the row, its deliveries and its bounce reports (they hold
     the address), keep only a hash as suppression.
 
-    The row goes before its deliveries: making an issue locks the subscriber table
-    against writes while it inserts (issues/create.py), so its INSERT either comes
-    first, and its rows are seen and deleted here, or after, and no longer sees this
-    subscriber. Deliveries have no foreign key to rely on (migration 0007).
+    Deliveries have no foreign key to rely on (migration 0007): `fence_erasures` keeps
+    this apart from the making of an issue's deliveries, whose INSERT then either came
+    first, and its rows are deleted here, or comes after, and no longer sees this row.
     """
     addr = normalise_address(email)
     digest = email_hash(addr.key)
     with write_session(engine) as session:
+        fence_erasures(session)
         sub = _find(session, addr.key)
         deliveries = 0
         if sub is not None:
@@ -250,7 +250,7 @@ def forget_subscriber(engine: Engine, email: str) -> ForgetResult:
                     sa.or_(
                         col(BounceEvent.subscriber_id) == sub.id,
                         col(BounceEvent.delivery_id).in_(theirs),
-                        recipient.in_({addr.key, addr.email.lower()}),
+                        recipient.in_(sorted({addr.key, addr.email.lower()})),
                     )
                 )
             )

@@ -1,9 +1,9 @@
 """`subscribers forget` racing the making of an issue, on PostgreSQL, with no foreign key.
 
 Migration 0007 took the foreign keys off `delivery`; what they guarded is kept by
-the order of forget's deletes (the subscriber row, then its deliveries) and by the
-issue's INSERT holding writes to `subscriber` off. Each test holds one side's
-transaction open at the point of the race and runs the other side for real.
+`db.fence_erasures`, which forget and the INSERT of an issue's deliveries both take.
+Each test holds one side's transaction open at the point of the race, as that side's
+code runs it, and runs the other side for real.
 """
 
 from __future__ import annotations
@@ -17,12 +17,14 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from newsletter.db import ERASURE_LOCK_KEY
 from newsletter.issues.create import create_issue
 from newsletter.issues.feed import Feed
 from newsletter.subscribers.manage import forget_subscriber
 from tests.support.helpers import feed_story, use_database, with_subscribers
 
 READERS = ["stays@example.org", "leaves@example.org"]
+FENCE = sa.text(f"SELECT pg_advisory_xact_lock({ERASURE_LOCK_KEY})")
 
 
 @pytest.fixture
@@ -74,6 +76,7 @@ def test_an_issue_made_while_forget_is_under_way_waits_and_leaves_that_reader_ou
     )
     with engine.connect() as forget:  # forget's first writes, not yet committed
         tx = forget.begin()
+        forget.execute(FENCE)
         forget.execute(sa.text("DELETE FROM subscriber WHERE email = :e"), {"e": READERS[1]})
         thread, out = _in_thread(lambda: create_issue(engine, settings, feed))
         _wait_until_blocked(engine)
@@ -98,7 +101,7 @@ def test_forget_during_an_issues_insert_waits_and_erases_the_new_delivery_too(
                 " VALUES ('s', 'h', 't', 'sending', now()) RETURNING id"
             )
         ).scalar_one()
-        making.execute(sa.text("LOCK TABLE subscriber IN SHARE MODE"))
+        making.execute(FENCE)
         making.execute(
             sa.text(
                 "INSERT INTO delivery (issue_id, subscriber_id, status, attempts, updated_at)"
@@ -112,3 +115,27 @@ def test_forget_during_an_issues_insert_waits_and_erases_the_new_delivery_too(
     thread.join(15)
     assert out and out[0].deleted and out[0].deliveries == 1  # type: ignore[attr-defined]
     assert _deliveries(engine) == [READERS[0]]
+
+
+def test_an_import_in_progress_does_not_hold_up_the_making_of_an_issue(
+    engine_and_settings,  # type: ignore[no-untyped-def]
+) -> None:
+    """Only forget takes the fence: an import's long transaction, which writes
+    `subscriber` until the whole file is in, neither waits for an issue nor makes
+    one wait (nor do the signups that would queue behind a table lock)."""
+    engine, settings = engine_and_settings
+    feed = Feed(title="AASR", link="https://endseclusion.org", stories=[feed_story("Data")])
+    with engine.connect() as importing:
+        tx = importing.begin()
+        importing.execute(
+            sa.text(
+                "INSERT INTO subscriber (email, email_key, name, status, token, created_at,"
+                " updated_at) VALUES ('new@example.org', 'new@example.org', '', 'active',"
+                " 'tok-new', now(), now())"
+            )
+        )
+        thread, out = _in_thread(lambda: create_issue(engine, settings, feed))
+        thread.join(15)
+        assert not thread.is_alive() and out[0].issue is not None  # type: ignore[attr-defined]
+        tx.commit()
+    assert sorted(filter(None, _deliveries(engine))) == sorted(READERS)

@@ -5,9 +5,8 @@ a foreign key row by row (an index lookup and a FOR KEY SHARE lock on the
 referenced row), and the two keys cost about 1 s of the 1.4 s that 100,000 rows
 took. What the keys guarded is kept otherwise:
 - issues are never deleted;
-- a subscriber is deleted with its deliveries (`subscribers forget`): the row first,
-  then its deliveries, while making an issue locks the subscriber table against
-  writes for its INSERT (issues/create.py), so neither can pass the other;
+- a subscriber is deleted with its deliveries (`subscribers forget`), and that erasure
+  and the INSERT of an issue's deliveries exclude each other (db.fence_erasures);
 - a delivery whose subscriber is gone anyway (a hand edit) is settled `skipped` at
   the start of the next send (sending/queue.py, settle_erased), so its issue ends.
 SQLite rebuilds the table (its way of dropping a constraint); PostgreSQL drops both.
