@@ -166,6 +166,36 @@ def _stamped_revision(engine: Engine) -> str | None:
         return None
 
 
+@contextmanager
+def migration_transaction(engine: Engine) -> Iterator[sa.Connection]:
+    """The one transaction a migration runs in.
+
+    On SQLite its foreign keys are off meanwhile and checked before the commit: a
+    migration that rebuilds a table (Alembic's batch mode: copy, drop, rename) drops the
+    old one, and with the keys on that drop is a DELETE that the other tables' keys to
+    it refuse. The switch only works outside a transaction, so it goes to the driver's
+    connection before BEGIN (a statement through SQLAlchemy would begin one first).
+    """
+    with engine.connect() as conn:
+        sqlite = engine.dialect.name == "sqlite"
+        driver = conn.connection.driver_connection
+        if sqlite and driver is not None:
+            driver.execute("PRAGMA foreign_keys=OFF")
+        try:
+            with conn.begin():
+                yield conn
+                broken = conn.exec_driver_sql("PRAGMA foreign_key_check").all() if sqlite else []
+                if broken:
+                    table, rowid, parent = broken[0][:3]
+                    raise NewsletterError(
+                        f"the migration left {len(broken)} rows pointing nowhere (first: "
+                        f"{table} row {rowid}, to {parent}); nothing was changed"
+                    )
+        finally:
+            if sqlite and driver is not None:
+                driver.execute("PRAGMA foreign_keys=ON")
+
+
 def migrate(engine: Engine) -> None:
     """Bring the schema to the latest migration (cheap when it already is: one query,
     no Alembic import)."""
@@ -177,7 +207,7 @@ def migrate(engine: Engine) -> None:
     try:
         if current_revision(engine) == head_revision():
             return
-        with engine.begin() as conn:
+        with migration_transaction(engine) as conn:
             cfg = alembic_config(engine)
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")

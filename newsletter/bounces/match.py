@@ -40,8 +40,9 @@ class MatchedBy:
     FORGED = "forged"  # a VERP token that failed verification
     MISMATCH = "mismatch"  # a valid token or Message-ID, but about another address
     NONE = "none"  # no token, no Message-ID of ours
+    ERASED = "erased"  # a valid token, but its delivery's subscriber row is gone
 
-    UNMATCHED = (FORGED, MISMATCH, NONE)
+    UNMATCHED = (FORGED, MISMATCH, NONE, ERASED)
 
 
 @dataclass
@@ -92,6 +93,8 @@ def match_report(session: Session, settings: Settings, report: ParsedReport) -> 
         delivery = session.get(Delivery, delivery_id) if delivery_id is not None else None
         if delivery is not None:
             sub = session.get(Subscriber, delivery.subscriber_id)
+            if sub is None:  # deleted by hand: a delivery has no foreign key (migration 0007)
+                return Match(how=MatchedBy.ERASED)
             return Match(delivery, sub, MatchedBy.VERP)
     if tokens and not any_valid:
         return Match(how=MatchedBy.FORGED)

@@ -233,6 +233,7 @@ _WHY = {
     MatchedBy.FORGED: "forged VERP token",
     MatchedBy.MISMATCH: "token or Message-ID of a delivery to another address",
     MatchedBy.NONE: "no VERP token or Message-ID of ours",
+    MatchedBy.ERASED: "a delivery to a subscriber no longer stored",
 }
 
 

@@ -232,9 +232,10 @@ def send(
         # Nor would any later one: frozen, they are never walked again (the send's own
         # collections took 60-120 ms at 5,000 subscribers, most of it walking them).
         # Thawed when the command ends, for a process that runs several (tests).
-        gc.freeze()
-        click.get_current_context().call_on_close(gc.unfreeze)
         gc.enable()
+        if not gc.get_freeze_count():  # a caller's own freeze stays as it is
+            gc.freeze()
+            click.get_current_context().call_on_close(gc.unfreeze)
 
     if verbose:
         phases.enable()

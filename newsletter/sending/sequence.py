@@ -57,7 +57,11 @@ class IssueSequence:
         """Recover, finish unfinished issues, then make and send new ones."""
         with phases.phase(phases.RECOVERY):
             lost = recover(self.engine)
-            settle_erased(self.engine)
+            erased = settle_erased(self.engine)
+        if erased:
+            self.result.notes.append(
+                f"{erased} deliveries were skipped: their subscriber is no longer stored."
+            )
         if lost:
             self.result.notes.append(
                 f"{lost} deliveries were interrupted mid-send and are marked unknown "

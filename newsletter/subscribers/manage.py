@@ -254,11 +254,13 @@ def forget_subscriber(engine: Engine, email: str) -> ForgetResult:
                     )
                 )
             )
-            session.execute(sa.delete(Subscriber).where(col(Subscriber.id) == sub.id))
+            # Deliveries before the row: the order in which a bounce report's keys lock
+            # them (delivery, then subscriber), so the two never wait for each other.
             stmt = sa.delete(Delivery).where(col(Delivery.subscriber_id) == sub.id)
             result = session.execute(stmt)
             # Session.execute is typed as Result; a DELETE gives a CursorResult, which counts
             deliveries = result.rowcount or 0  # type: ignore[attr-defined]
+            session.execute(sa.delete(Subscriber).where(col(Subscriber.id) == sub.id))
             session.expunge(sub)
         if not is_suppressed(session, addr.key):
             session.add(Suppression(email_hash=digest, reason=FORGOTTEN))

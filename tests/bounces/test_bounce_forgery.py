@@ -303,6 +303,23 @@ def test_a_valid_token_does_not_reach_another_recipient_in_the_same_report(site:
     assert site.status(VICTIM) == "active" and site.status(ATTACKER) == "bounced"
 
 
+def test_a_valid_token_whose_subscriber_row_was_deleted_by_hand_is_unmatched(
+    site: Site,
+) -> None:
+    """A delivery has no foreign key (migration 0007): its subscriber row may be gone
+    while a report about it comes in; the import notes it, suppresses nobody, goes on."""
+    token = verp(site, VICTIM)
+    with site.engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM subscriber WHERE email = :e"), {"e": VICTIM})
+    attacker = verp(site, ATTACKER)
+    raws = [dsn(to=token), dsn(to=attacker, recipients=(ATTACKER,), report_id="<second@mx>")]
+    result = cli(site, "bounces", "import", str(write_mbox(site.path / "e.mbox", raws)))
+    assert result.exit_code == 0, result.output
+    numbers = report_numbers(result.output)
+    assert numbers["unmatched"] == 1 and numbers["suppressed now"] == 1
+    assert site.status(ATTACKER) == "bounced"
+
+
 # ---- without VERP: the Message-ID is required -----------------------------------
 
 

@@ -196,6 +196,7 @@ def test_a_delivery_whose_subscriber_row_was_deleted_by_hand_is_skipped_and_the_
     transport = MemoryTransport()
     again = _send(engine, settings, transport)
     assert again.error is None and again.issues[0].finished
+    assert "1 deliveries were skipped: their subscriber is no longer stored." in _told(again)
     assert gone not in [m.rcpt for m in transport.sent]
     with engine.connect() as conn:
         status, why = conn.execute(

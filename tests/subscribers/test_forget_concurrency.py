@@ -46,8 +46,12 @@ def _in_thread(work: Callable[[], object]) -> tuple[threading.Thread, list[objec
 
 
 def _wait_until_blocked(engine: Engine) -> None:
-    """Until another session waits for a lock (the side run for real has reached the race)."""
-    query = sa.text("SELECT count(*) FROM pg_locks WHERE NOT granted")
+    """Until another session waits for the fence (the side run for real reached the race)."""
+    query = sa.text(  # waits for the fence, in this database (not the whole server's)
+        "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
+        " WHERE NOT l.granted AND l.locktype = 'advisory' AND l.objid = :key"
+        " AND d.datname = current_database()"
+    ).bindparams(key=ERASURE_LOCK_KEY)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         with engine.connect() as conn:

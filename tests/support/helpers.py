@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from sqlalchemy.engine import Engine
 
 from newsletter.config import Settings, load_settings
-from newsletter.db import alembic_config, open_database, write_session
+from newsletter.db import alembic_config, migration_transaction, open_database, write_session
 from newsletter.errors import FeedError
 from newsletter.issues.feed import FeedStory
 from newsletter.models import Subscriber, SubscriberStatus
@@ -254,7 +254,7 @@ def downgrade_to(engine: Engine, revision: str) -> None:
     from alembic import command  # only the migration tests pay for importing Alembic
 
     config = alembic_config(engine)
-    with engine.begin() as conn:
+    with migration_transaction(engine) as conn:
         config.attributes["connection"] = conn
         command.downgrade(config, revision)
 

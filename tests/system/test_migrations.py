@@ -92,6 +92,13 @@ def test_0007_takes_the_delivery_keys_off_and_puts_them_back_keeping_the_rows(
             )
         )
 
+        conn.execute(
+            sa.text(
+                "INSERT INTO bounce_event (report_id, kind, delivery_id, subscriber_id,"
+                " created_at) VALUES ('r1', 'hard', 1, 1, '2026-01-01')"
+            )
+        )  # a key to delivery: the rebuild drops the old table under it
+
     def keys() -> list[str]:
         return sorted(
             fk["referred_table"] for fk in sa.inspect(engine).get_foreign_keys("delivery")
@@ -106,7 +113,43 @@ def test_0007_takes_the_delivery_keys_off_and_puts_them_back_keeping_the_rows(
         ["issue_id", "subscriber_id"]
     ]
     assert [i["column_names"] for i in inspector.get_indexes("delivery")] == [["subscriber_id"]]
-    downgrade_to(engine, "0006")
+    with engine.begin() as conn:  # a delivery whose subscriber row went by hand
+        conn.execute(
+            sa.text(
+                "INSERT INTO delivery (issue_id, subscriber_id, status, attempts, updated_at)"
+                " VALUES (1, 99, 'skipped', 0, '2026-01-01')"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO bounce_event (report_id, kind, delivery_id, created_at)"
+                " VALUES ('r2', 'hard', 2, '2026-01-01')"
+            )
+        )
+    downgrade_to(engine, "0006")  # the keys would refuse that delivery: it goes
     assert keys() == ["issue", "subscriber"]
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM delivery")).scalar_one() == 1
+        reports = conn.execute(sa.text("SELECT report_id, delivery_id FROM bounce_event"))
+        assert sorted(reports.all()) == [("r1", 1), ("r2", None)]
+
+
+def test_a_migration_that_leaves_a_row_pointing_nowhere_is_rolled_back(tmp_path: Path) -> None:
+    """SQLite's keys are off while a migration runs (a table rebuild needs it); they are
+    checked before its commit instead."""
+    import pytest
+
+    from newsletter.db import migration_transaction
+    from newsletter.errors import NewsletterError
+
+    engine = open_database(f"sqlite:///{tmp_path / 'check.db'}")
+    broken = sa.text(
+        "INSERT INTO bounce_event (report_id, kind, subscriber_id, created_at)"
+        " VALUES ('r', 'hard', 42, '2026-01-01')"
+    )
+    refused = pytest.raises(NewsletterError, match=r"1 rows pointing nowhere.*bounce_event")
+    with refused, migration_transaction(engine) as conn:
+        conn.execute(broken)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM bounce_event")).scalar_one() == 0
+        assert conn.execute(sa.text("PRAGMA foreign_keys")).scalar_one() == 1

@@ -9,13 +9,16 @@ took. What the keys guarded is kept otherwise:
   and the INSERT of an issue's deliveries exclude each other (db.fence_erasures);
 - a delivery whose subscriber is gone anyway (a hand edit) is settled `skipped` at
   the start of the next send (sending/queue.py, settle_erased), so its issue ends.
-SQLite rebuilds the table (its way of dropping a constraint); PostgreSQL drops both.
+SQLite rebuilds the table (its way of dropping a constraint: a copy of every row,
+under the write lock); PostgreSQL drops both. The downgrade first deletes the
+deliveries that the keys would refuse.
 
 Revision ID: 0007
 Revises: 0006
 Create Date: 2026-12-03 18:00:00
 """
 
+import sqlalchemy as sa
 from alembic import op
 
 revision = "0007"
@@ -39,6 +42,25 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # Deliveries whose subscriber or issue row is gone (settled `skipped` by a send) would
+    # break the keys: they go, and the bounce reports that name them keep the report only.
+    delivery = sa.table(
+        "delivery", sa.column("id"), sa.column("subscriber_id"), sa.column("issue_id")
+    )
+    subscriber, issue = sa.table("subscriber", sa.column("id")), sa.table("issue", sa.column("id"))
+    bounce_event = sa.table("bounce_event", sa.column("delivery_id"))
+    orphans = sa.select(delivery.c.id).where(
+        sa.or_(
+            ~sa.exists().where(subscriber.c.id == delivery.c.subscriber_id),
+            ~sa.exists().where(issue.c.id == delivery.c.issue_id),
+        )
+    )
+    op.execute(
+        sa.update(bounce_event)
+        .where(bounce_event.c.delivery_id.in_(orphans))
+        .values(delivery_id=None)
+    )
+    op.execute(sa.delete(delivery).where(delivery.c.id.in_(orphans)))
     with op.batch_alter_table("delivery", schema=None, naming_convention=_NAMES) as batch_op:
         for name, column, table in _KEYS:
             batch_op.create_foreign_key(name, table, [column], ["id"])
