@@ -166,6 +166,15 @@ def _stamped_revision(engine: Engine) -> str | None:
         return None
 
 
+def driver_connection(conn: sa.Connection) -> Any:
+    """The driver's own connection under `conn` (sqlite3, psycopg), for what SQLAlchemy
+    would slow down or cannot say (a PRAGMA outside a transaction)."""
+    raw = conn.connection.driver_connection
+    if raw is None:
+        raise RuntimeError("the database connection is closed")
+    return raw
+
+
 @contextmanager
 def migration_transaction(engine: Engine) -> Iterator[sa.Connection]:
     """The one transaction a migration runs in.
@@ -178,8 +187,8 @@ def migration_transaction(engine: Engine) -> Iterator[sa.Connection]:
     """
     with engine.connect() as conn:
         sqlite = engine.dialect.name == "sqlite"
-        driver = conn.connection.driver_connection
-        if sqlite and driver is not None:
+        driver = driver_connection(conn)
+        if sqlite:
             driver.execute("PRAGMA foreign_keys=OFF")
         try:
             with conn.begin():
@@ -192,7 +201,7 @@ def migration_transaction(engine: Engine) -> Iterator[sa.Connection]:
                         f"{table} row {rowid}, to {parent}); nothing was changed"
                     )
         finally:
-            if sqlite and driver is not None:
+            if sqlite:
                 driver.execute("PRAGMA foreign_keys=ON")
 
 

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.engine import Connection
 
+from newsletter.db import driver_connection
 from newsletter.models import DeliveryStatus, utcnow
 from newsletter.sending.ledgersql import (
     CLAIMED,
@@ -56,14 +57,6 @@ def _retried(write: Callable[[], T]) -> T:
             if code not in _RETRYABLE or attempt == RETRIES - 1:
                 raise
     raise AssertionError("unreachable")
-
-
-def _driver(conn: Connection) -> Any:
-    """The driver's own connection under `conn` (psycopg, sqlite3)."""
-    raw = conn.connection.driver_connection
-    if raw is None:
-        raise RuntimeError("the database connection is closed")
-    return raw
 
 
 def _sqlite_time(value: datetime | None) -> str | None:
@@ -109,9 +102,7 @@ class Ledger:
         synchronous_commit must be on (the server default) for the same reason.
         """
         if conn.dialect.name == "sqlite":  # on the driver: no SQLAlchemy transaction
-            raw = conn.connection.driver_connection
-            if raw is not None:
-                raw.execute(f"PRAGMA synchronous={'FULL' if on else 'NORMAL'}")
+            driver_connection(conn).execute(f"PRAGMA synchronous={'FULL' if on else 'NORMAL'}")
         elif conn.dialect.name == "postgresql" and on:
             conn.exec_driver_sql("SET synchronous_commit TO on")
             conn.commit()
@@ -169,7 +160,7 @@ class Ledger:
         transaction (autocommit: one round trip, synchronous_commit on). A start it could
         not mark (its subscriber left, or it is no longer ours) is settled after, in a
         transaction of its own: not marked, it was not sent, so nothing is lost between."""
-        raw = _driver(conn)
+        raw = driver_connection(conn)
 
         def run() -> set[int]:
             raw.autocommit = True
@@ -209,7 +200,7 @@ class Ledger:
         sent = [done for done in writes.finished if done.status == SENT]
         if not sent and not writes.starts:
             return []
-        taken = self._mark(_driver(conn), Writes(sent, writes.starts, writes.now))
+        taken = self._mark(driver_connection(conn), Writes(sent, writes.starts, writes.now))
         return [
             True if start[0].delivery_id in taken else self._apply(run, writes.only(start))[0]
             for start in writes.starts
@@ -268,7 +259,7 @@ class Ledger:
 
     def _commit_sqlite(self, conn: Connection, writes: Writes) -> list[bool | None]:
         finished, starts, now = writes.finished, writes.starts, writes.now
-        cursor = _driver(conn).cursor()  # sqlite3, autocommit (see db.py)
+        cursor = driver_connection(conn).cursor()  # sqlite3, autocommit (see db.py)
 
         def run(name: str, params: dict[str, Any]) -> int:
             for key in ("now", "sent_at", "next_at"):

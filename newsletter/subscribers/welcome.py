@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from sqlmodel import col
+from sqlmodel import col, select
 
 from newsletter.config import Settings
 from newsletter.db import read_session, write_session
@@ -227,14 +227,11 @@ def _owed(now: datetime, *, ignore_backoff: bool) -> sa.ColumnElement[bool]:
 
 def _claim(engine: Engine, sub_id: int, now: datetime, ignore_backoff: bool) -> _Claimed | None:
     """Take one owed welcome under a lease; None if it is gone or no longer wanted."""
+    owed_now = _owed(now, ignore_backoff=ignore_backoff)
     with write_session(engine) as session:
-        sub = session.get(Subscriber, sub_id)
-        if sub is None or sub.welcome_send_at is None:
+        sub = session.exec(select(Subscriber).where(Subscriber.id == sub_id, owed_now)).first()
+        if sub is None:  # gone, sent, not due yet, or another sender holds it
             return None
-        if not ignore_backoff and sub.welcome_send_at > now:
-            return None
-        if sub.welcome_claimed_until is not None and sub.welcome_claimed_until > now:
-            return None  # another sender holds it
         if sub.status != SubscriberStatus.ACTIVE:
             sub.welcome_send_at = None  # they left before it went: never welcome them now
             session.add(sub)
